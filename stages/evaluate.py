@@ -1,0 +1,108 @@
+"""Stage `evaluate`: score the trained head on the held-out split; metrics and plots for DVC."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
+from bottleneck_clf.atomic import atomic_path
+from bottleneck_clf.features import load_meta, load_split
+from bottleneck_clf.head import probabilities
+from bottleneck_clf.params import load_params
+from bottleneck_clf.paths import project_paths
+
+PREDICTIONS = "predictions.csv"
+
+
+def choose_split(requested: str, available: list[str]) -> str:
+    """'auto' means the test split when prepare made one, else validation."""
+    if requested == "auto":
+        return "test" if "test" in available else "validation"
+    if requested not in available:
+        raise ValueError(
+            f"evaluate.split is {requested!r} but the features hold only {', '.join(available)}; "
+            "set evaluate.split to auto or one of those"
+        )
+    return requested
+
+
+def predict_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Two classes: the second class when its probability reaches `threshold`. More: the most probable."""
+    if probs.shape[1] == 2:
+        return (probs[:, 1] >= threshold).astype(np.int64)
+    return probs.argmax(axis=1)
+
+
+def evaluate(probs: np.ndarray, labels: np.ndarray, classes: list[str], threshold: float) -> dict:
+    """Accuracy, log loss, per-class precision/recall/F1, macro F1, and ROC AUC for two classes."""
+    from sklearn.metrics import accuracy_score, log_loss, precision_recall_fscore_support, roc_auc_score
+
+    predicted = predict_labels(probs, threshold)
+    indices = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=indices, zero_division=0
+    )
+    metrics = {
+        "split": None,
+        "images": int(len(labels)),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        # float32 softmax sums drift from 1 by ~1e-7; sklearn wants exact probabilities.
+        "loss": float(log_loss(labels, probs / probs.sum(axis=1, keepdims=True), labels=indices)),
+        "macro_f1": float(np.mean(f1)),
+    }
+    if len(classes) == 2 and len(set(labels.tolist())) == 2:
+        metrics["roc_auc"] = float(roc_auc_score(labels, probs[:, 1]))
+    metrics["per_class"] = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+    }
+    return metrics
+
+
+def write_predictions(target: Path, ids, labels, probs, predicted, classes: list[str]) -> None:
+    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["path", "actual", "predicted", "confidence", *[f"p_{c}" for c in classes]])
+        for path, label, row, guess in zip(ids, labels, probs, predicted, strict=True):
+            writer.writerow([path, classes[label], classes[guess], f"{row[guess]:.6f}",
+                             *[f"{p:.6f}" for p in row]])
+
+
+def main() -> None:
+    import keras
+    from dvclive import Live
+
+    params = load_params()
+    settings = params["evaluate"]
+    paths = project_paths()
+    meta = load_meta(paths["features"])
+    classes = meta["classes"]
+    split = choose_split(settings["split"], list(meta["counts"]))
+    features, labels, ids = load_split(paths["features"], split)
+    model = keras.saving.load_model(paths["model"])
+    probs = probabilities(model, features)
+    predicted = predict_labels(probs, settings["threshold"])
+    metrics = evaluate(probs, labels, classes, settings["threshold"])
+    metrics["split"] = split
+
+    out = paths["eval_metrics"]
+    live = Live(str(out), dvcyaml=False, save_dvc_exp=False)
+    live.summary = metrics
+    actual_names = [classes[i] for i in labels]
+    live.log_sklearn_plot("confusion_matrix", actual_names, [classes[i] for i in predicted],
+                          name="confusion_matrix.json")
+    if "roc_auc" in metrics:
+        live.log_sklearn_plot("roc", labels, probs[:, 1], name="roc.json")
+        live.log_sklearn_plot("precision_recall", labels, probs[:, 1], name="precision_recall.json")
+    live.end()
+    write_predictions(out / PREDICTIONS, ids, labels, probs, predicted, classes)
+    auc = f", ROC AUC {metrics['roc_auc']:.4f}" if "roc_auc" in metrics else ""
+    print(f"evaluate: {split} split, {len(labels)} images: accuracy {metrics['accuracy']:.4f}, "
+          f"loss {metrics['loss']:.4f}, macro F1 {metrics['macro_f1']:.4f}{auc} -> {out}")
+
+
+if __name__ == "__main__":
+    main()

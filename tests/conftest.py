@@ -1,0 +1,125 @@
+"""Fixtures: tiny real images, a random-init VGG16 weights file, and temporary git+DVC project copies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "bottleneck_clf", "data/weights/user/README.md")
+
+# Small enough for 2 CPU cores: 32 px is the smallest input VGG16's conv base accepts.
+TINY_PARAMS = {
+    "extract": {"image_size": 32, "batch_size": 8},
+    "head": {"units": 8, "epochs": 3, "batch_size": 8, "patience": 2},
+}
+
+
+def write_image(path: Path, color: tuple[int, int, int], seed: int, size: int = 40, fmt: str | None = None) -> Path:
+    """A real image file: a flat colour with seeded noise, so every file has different bytes."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(color, np.int16) + rng.integers(-40, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGB").save(path, format=fmt)
+    return path
+
+
+COLORS = {"cats": (200, 60, 40), "dogs": (40, 80, 200), "birds": (60, 190, 70)}
+
+
+def make_class_folders(root: Path, per_class: int = 10, classes=("cats", "dogs"), start_seed: int = 0) -> Path:
+    """data/raw/<class>/<n>.png with distinguishable colours per class."""
+    for c, name in enumerate(classes):
+        for n in range(per_class):
+            write_image(root / name / f"{n:03d}.png", COLORS[name], seed=start_seed + 1000 * c + n)
+    return root
+
+
+def make_presplit_folders(root: Path, counts=None, classes=("cats", "dogs")) -> Path:
+    counts = counts or {"train": 6, "validation": 3}
+    for s, (split, n_images) in enumerate(counts.items()):
+        for c, name in enumerate(classes):
+            for n in range(n_images):
+                write_image(root / split / name / f"{n:03d}.jpg", COLORS[name], seed=10000 * s + 1000 * c + n)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Random-init VGG16 conv weights saved the way the weights stage saves them."""
+    import keras
+
+    from bottleneck_clf.vgg_weights import LAYER_NAMES, write_weights_h5
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    weights = {name: tuple(model.get_layer(name).get_weights()) for name in LAYER_NAMES}
+    path = tmp_path_factory.mktemp("weights") / "random.weights.h5"
+    write_weights_h5(weights, path)
+    return path
+
+
+def update_params(project: Path, changes: dict) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+@pytest.fixture
+def project(tmp_path, tiny_weights, monkeypatch) -> Path:
+    """A copy of the project with tiny params and random weights, as the working directory."""
+    root = tmp_path / "project"
+    for name in PROJECT_FILES:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    link_or_copy(tiny_weights, root / "data/weights/user/random.weights.h5")
+    update_params(root, {**TINY_PARAMS, "weights": {"source": "data/weights/user/random.weights.h5"}})
+    monkeypatch.chdir(root)
+    return root
+
+
+def git(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True)
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def dvc_repo(project) -> Path:
+    """The project copy as a real git + DVC repository with one commit."""
+    git(project, "init", "-q", "-b", "main")
+    git(project, "config", "user.email", "tests@example.com")
+    git(project, "config", "user.name", "tests")
+    dvc(project, "init", "-q")
+    dvc(project, "config", "core.autostage", "true")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "project")
+    return project
