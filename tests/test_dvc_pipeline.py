@@ -1,0 +1,76 @@
+"""The pipeline driven by DVC in a real temporary git + DVC repository: what reruns after which change."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import dvc, git, make_class_folders, update_params, write_image
+
+pytestmark = pytest.mark.slow
+ALL_STAGES = {"weights", "prepare", "extract_features", "train_head", "evaluate"}
+
+
+def repro(repo) -> set[str]:
+    """Run `dvc repro`; return the stages that actually ran (not restored or skipped)."""
+    out = dvc(repo, "repro").stdout
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+def commit(repo, message: str) -> None:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", message)
+
+
+def test_reruns_only_what_a_change_touches(dvc_repo, tiny_weights):
+    repo = dvc_repo
+    make_class_folders(repo / "data/raw", per_class=10)
+    assert repro(repo) == ALL_STAGES
+    assert repro(repo) == set()
+    assert dvc(repo, "status", "-q", check=False).returncode == 0
+    commit(repo, "first run")
+
+    update_params(repo, {"head": {"dropout": 0.3}})
+    assert dvc(repo, "status", "-q", check=False).returncode == 1
+    assert repro(repo) == {"train_head", "evaluate"}
+
+    update_params(repo, {"evaluate": {"threshold": 0.6}})
+    assert repro(repo) == {"evaluate"}
+
+    write_image(repo / "data/raw/cats/003.png", (10, 200, 10), seed=77)
+    assert repro(repo) == {"prepare", "extract_features", "train_head", "evaluate"}
+
+    other = repo / "data/weights/user/other.weights.h5"
+    import keras
+
+    from bottleneck_clf.vgg_weights import LAYER_NAMES, write_weights_h5
+
+    keras.utils.set_random_seed(1)
+    model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+    write_weights_h5({n: tuple(model.get_layer(n).get_weights()) for n in LAYER_NAMES}, other)
+    update_params(repo, {"weights": {"source": "data/weights/user/other.weights.h5"}})
+    assert repro(repo) == {"weights", "extract_features", "train_head", "evaluate"}
+    assert repro(repo) == set()
+
+
+def test_exp_run_and_show_list_both_runs(dvc_repo):
+    repo = dvc_repo
+    make_class_folders(repo / "data/raw", per_class=10)
+    dvc(repo, "repro")
+    commit(repo, "baseline")
+    dvc(repo, "exp", "run", "-S", "head.dropout=0.3", "-n", "dropout-03")
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    # The first row is the workspace; then the baseline commit, which carries its experiments.
+    baseline = next(row for row in shown if row["rev"] != "workspace")
+    runs = [baseline] + [exp for branch in baseline.get("experiments") or [] for exp in branch["revs"]]
+    by_dropout = {}
+    for run in runs:
+        data = run["data"]
+        dropout = data["params"]["params.yaml"]["data"]["head"]["dropout"]
+        metrics = data["metrics"]["metrics/eval/metrics.json"]["data"]
+        by_dropout[dropout] = metrics["accuracy"]
+    assert set(by_dropout) == {0.5, 0.3}
+    assert all(0.0 <= acc <= 1.0 for acc in by_dropout.values())
+    table = dvc(repo, "exp", "show", "--no-pager", "--md").stdout
+    assert "dropout-03" in table

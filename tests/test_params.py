@@ -1,0 +1,86 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bottleneck_clf.params import check_params, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_change(section: str, key: str, value):
+    params = copy.deepcopy(DEFAULTS)
+    params[section][key] = value
+    return params
+
+
+def test_project_params_are_valid():
+    assert load_params(ROOT / "params.yaml") == DEFAULTS
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("head", "dropout", 1.5, "head.dropout: must be a number in [0.0, 1.0)"),
+        ("head", "dropout", "high", "head.dropout: must be a number"),
+        ("extract", "image_size", 16, "extract.image_size: must be an integer in [32, 1024], got 16"),
+        ("extract", "image_size", 224.0, "extract.image_size: must be an integer"),
+        ("extract", "pooling", "mean", "extract.pooling: must be one of flatten, avg, max; got 'mean'"),
+        ("prepare", "test_fraction", -0.1, "prepare.test_fraction: must be a number in [0.0, 1.0)"),
+        ("prepare", "validation_fraction", 0, "prepare.validation_fraction: must be a number in (0.0, 1.0)"),
+        ("head", "epochs", True, "head.epochs: must be an integer"),
+        ("head", "optimizer", "adamw", "head.optimizer: must be one of adam, rmsprop, sgd"),
+        ("evaluate", "split", "train", "evaluate.split: must be one of auto, test, validation"),
+        ("weights", "source", "", "weights.source: must be 'pypi', 'keras' or a path"),
+        ("head", "learning_rate", 0, "head.learning_rate: must be a number in (0.0, 1.0]"),
+    ],
+)
+def test_bad_values_name_key_and_valid_range(section, key, value, expected):
+    with pytest.raises(ValueError) as error:
+        check_params(with_change(section, key, value))
+    assert expected in str(error.value)
+
+
+def test_unknown_key_lists_valid_keys():
+    params = with_change("head", "dropuot", 0.3)
+    with pytest.raises(ValueError, match=r"head.dropuot: unknown key; valid keys of head: units, dropout"):
+        check_params(params)
+
+
+def test_unknown_and_missing_sections():
+    params = copy.deepcopy(DEFAULTS)
+    params["trian"] = params.pop("head")
+    with pytest.raises(ValueError) as error:
+        check_params(params)
+    assert "trian: unknown section; valid sections: base, weights, prepare, extract, head, evaluate" in str(error.value)
+    assert "head: missing section" in str(error.value)
+
+
+def test_every_problem_in_one_error():
+    params = with_change("head", "dropout", 1.5)
+    params["extract"]["pooling"] = "mean"
+    del params["base"]["seed"]
+    with pytest.raises(ValueError) as error:
+        check_params(params)
+    message = str(error.value)
+    assert "3 problem(s)" in message
+    for key in ("head.dropout", "extract.pooling", "base.seed: missing"):
+        assert key in message
+
+
+def test_fractions_must_leave_training_images():
+    params = with_change("prepare", "validation_fraction", 0.5)
+    params["prepare"]["test_fraction"] = 0.5
+    with pytest.raises(ValueError, match="must be below 1 to leave training images, got 1"):
+        check_params(params)
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ValueError, match="not found; run the stages from the project root"):
+        load_params(tmp_path / "params.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("head: [unclosed\n")
+    with pytest.raises(ValueError, match="broken.yaml: not valid YAML"):
+        load_params(broken)
