@@ -20,7 +20,9 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary file path beside `target` (same suffix); it replaces `target` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix="".join(target.suffixes), dir=target.parent)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix="".join(target.suffixes), dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -35,6 +37,10 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder beside `target`; it replaces `target` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # A killed run (kill -9 skips the cleanup below) leaves its half-written folder; DVC runs one stage
+    # at a time per repository, so any such leftover is stale.
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp

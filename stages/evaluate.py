@@ -94,9 +94,14 @@ def main() -> None:
     actual_names = [classes[i] for i in labels]
     live.log_sklearn_plot("confusion_matrix", actual_names, [classes[i] for i in predicted],
                           name="confusion_matrix.json")
-    if "roc_auc" in metrics:
-        live.log_sklearn_plot("roc", labels, probs[:, 1], name="roc.json")
-        live.log_sklearn_plot("precision_recall", labels, probs[:, 1], name="precision_recall.json")
+    if len(classes) == 2:
+        truth, scores, kind = labels, probs[:, 1], f"positive class {classes[1]}"
+    else:
+        # One-vs-rest pooled over all classes (micro-average), so every run has the same plots.
+        truth, scores, kind = np.eye(len(classes))[labels].ravel(), probs.ravel(), "micro-average over classes"
+    live.log_sklearn_plot("roc", truth, scores, name="roc.json", title=f"ROC ({kind})")
+    live.log_sklearn_plot("precision_recall", truth, scores, name="precision_recall.json",
+                          title=f"Precision-recall ({kind})")
     live.end()
     write_predictions(out / PREDICTIONS, ids, labels, probs, predicted, classes)
     auc = f", ROC AUC {metrics['roc_auc']:.4f}" if "roc_auc" in metrics else ""

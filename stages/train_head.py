@@ -53,10 +53,12 @@ def main() -> None:
     )
     with atomic_path(paths["model"]) as tmp:
         model.save(tmp)
-    best = int(np.argmin(history.history["val_loss"]))
-    print(f"train_head: {len(history.history['loss'])} epochs, best val_loss "
-          f"{history.history['val_loss'][best]:.4f} at epoch {best + 1} "
-          f"(val accuracy {history.history['val_accuracy'][best]:.4f}) -> {paths['model']}")
+    epochs_run = len(history.history["loss"])
+    # Early stopping restores the best epoch; without it the last epoch is what gets saved.
+    kept = int(np.argmin(history.history["val_loss"])) if settings["patience"] > 0 else epochs_run - 1
+    print(f"train_head: {epochs_run} epochs, saved epoch {kept + 1}: val_loss "
+          f"{history.history['val_loss'][kept]:.4f}, val accuracy {history.history['val_accuracy'][kept]:.4f} "
+          f"-> {paths['model']}")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ def test_three_classes_presplit_flatten(project):
     metrics = json.loads((project / "metrics/eval/metrics.json").read_text())
     assert metrics["split"] == "validation" and "roc_auc" not in metrics
     assert len(metrics["per_class"]) == 3
-    assert not (project / "metrics/eval/plots/sklearn/roc.json").exists()
+    roc = json.loads((project / "metrics/eval/plots/sklearn/roc.json").read_text())["roc"]
+    assert roc[0]["fpr"] == 0.0 and roc[-1]["tpr"] == 1.0  # micro-average over the three classes
     row = read_csv(project / "metrics/eval/predictions.csv")[0]
     assert sum(float(row[f"p_{c}"]) for c in ("birds", "cats", "dogs")) == pytest.approx(1.0, abs=1e-5)
 
