@@ -6,9 +6,9 @@ import keras
 import numpy as np
 
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
-from bottleneck_clf.atomic import atomic_path
 from bottleneck_clf.features import load_meta, load_split
 from bottleneck_clf.head import FeatureBatches, build_head, compile_head, seed_everything
+from bottleneck_clf.model_files import save_model
 from bottleneck_clf.params import load_params
 from bottleneck_clf.paths import project_paths
 
@@ -51,8 +51,7 @@ def main() -> None:
         settings["learning_rate"], settings["epochs"], settings["batch_size"], settings["patience"], seed,
         callbacks=[DVCLiveCallback(live=live)],
     )
-    with atomic_path(paths["model"]) as tmp:
-        model.save(tmp)
+    save_model(model, paths["model"])
     epochs_run = len(history.history["loss"])
     # Early stopping restores the best epoch; without it the last epoch is what gets saved.
     kept = int(np.argmin(history.history["val_loss"])) if settings["patience"] > 0 else epochs_run - 1
