@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bottleneck_clf.images import load_array
+from bottleneck_clf.params import PRECISIONS
 from bottleneck_clf.vgg_weights import assign, build_conv_base, read_weights
 
 META_FILE = "meta.json"
@@ -21,12 +22,47 @@ def feature_shape(image_size: int, pooling: str) -> tuple[int, ...]:
     return (512,)
 
 
-def build_extractor(weights: str | Path, image_size: int, pooling: str):
-    """The frozen conv base with the given weights; `pooling` is flatten (keep the map), avg or max."""
-    base = build_conv_base(image_size, None if pooling == "flatten" else pooling)
-    assign(base, read_weights(weights))
+def build_extractor(weights, image_size: int, pooling: str, precision: str = "float32"):
+    """The frozen conv base with the given weights (a path or read weights); pooling flatten|avg|max.
+
+    `precision="bfloat16"` computes under Keras' mixed_bfloat16 policy (variables stay float32).
+    """
+    import keras
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid choices: {', '.join(PRECISIONS)}")
+    if isinstance(weights, str | Path):
+        weights = read_weights(weights)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        base = build_conv_base(image_size, None if pooling == "flatten" else pooling)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assign(base, weights)
     base.trainable = False
     return base
+
+
+def fingerprint(weights_digest: str, image_size: int, interpolation: str, pooling: str, precision: str,
+                batch_size: int) -> dict:
+    """Everything that changes a feature value, down to float round-off."""
+    import keras
+    import PIL
+    import tensorflow as tf
+
+    return {
+        "architecture": "vgg16_notop",
+        "weights_digest": weights_digest,
+        "image_size": image_size,
+        "interpolation": interpolation,
+        "preprocessing": "keras.applications.vgg16.preprocess_input",
+        "pooling": pooling,
+        "precision": precision,
+        # oneDNN may pick other kernels for another batch shape: equal to round-off, not bitwise.
+        "batch_size": batch_size,
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "pillow": PIL.__version__},
+    }
 
 
 def image_batches(paths: list[str], image_size: int, interpolation: str, batch_size: int):
@@ -46,31 +82,64 @@ def image_batches(paths: list[str], image_size: int, interpolation: str, batch_s
     return dataset.batch(batch_size).prefetch(2)
 
 
-def compute_features(model, paths: list[str], image_size: int, interpolation: str, batch_size: int,
-                     out: np.ndarray, desc: str = "extract") -> None:
-    """Fill `out` (N, ...) with the model's outputs for `paths`, batch by batch, so memory stays flat."""
+def iter_features(model, paths: list[str], image_size: int, interpolation: str, batch_size: int):
+    """float32 features of `paths`, one batch at a time, in order.
+
+    The last batch is padded to full size so that every image goes through the same kernels whatever its
+    neighbours: that keeps a cached feature bitwise equal to a fresh one.
+    """
     import keras
+
+    for batch in image_batches(paths, image_size, interpolation, batch_size):
+        images = batch.numpy()
+        n = len(images)
+        if n < batch_size:
+            images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), images.dtype)])
+        x = keras.applications.vgg16.preprocess_input(images.astype(np.float32))
+        yield np.asarray(model.predict_on_batch(x), dtype=np.float32)[:n]
+
+
+def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, cache, image_size: int,
+                  interpolation: str, batch_size: int, desc: str = "extract") -> tuple[int, int]:
+    """Fill `out` row by row from `cache`, encoding only images (by content) it lacks.
+
+    Returns (encoded, from cache). Duplicates are encoded once. `cache` may be None.
+    """
     from tqdm import tqdm
 
-    start = 0
-    with tqdm(total=len(paths), desc=desc, unit="img", mininterval=2.0) as bar:
-        for batch in image_batches(paths, image_size, interpolation, batch_size):
-            x = keras.applications.vgg16.preprocess_input(batch.numpy().astype(np.float32))
-            values = model.predict_on_batch(x)
-            out[start : start + len(values)] = values
+    rows_of: dict[str, list[int]] = {}
+    for row, digest in enumerate(digests):
+        rows_of.setdefault(digest, []).append(row)
+    todo = []
+    from_cache = 0
+    for digest, rows in rows_of.items():
+        value = cache.get(digest) if cache is not None else None
+        if value is None:
+            todo.append(digest)
+            continue
+        out[rows] = value
+        from_cache += len(rows)
+    with tqdm(total=len(todo), desc=f"{desc} ({from_cache} from cache)", unit="img", mininterval=2.0) as bar:
+        start = 0
+        todo_paths = [paths[rows_of[d][0]] for d in todo]
+        for values in iter_features(model, todo_paths, image_size, interpolation, batch_size):
+            for digest, value in zip(todo[start : start + len(values)], values, strict=True):
+                out[rows_of[digest]] = value
+                if cache is not None:
+                    cache.put(digest, value)
             start += len(values)
             bar.update(len(values))
-    if start != len(paths):
-        raise RuntimeError(f"{desc}: produced {start} feature rows for {len(paths)} images")
+    if start != len(todo):
+        raise RuntimeError(f"{desc}: produced {start} feature rows for {len(todo)} images")
+    return len(todo), from_cache
 
 
-def extract_features(paths: list[str], weights: str | Path, image_size: int, batch_size: int,
-                     pooling: str = "avg", interpolation: str = "bilinear") -> np.ndarray:
+def extract_features(paths: list[str], weights, image_size: int, batch_size: int, pooling: str = "avg",
+                     interpolation: str = "bilinear", precision: str = "float32") -> np.ndarray:
     """Features of `paths` as one in-memory array (for small sets; the stage streams to disk instead)."""
-    model = build_extractor(weights, image_size, pooling)
-    out = np.empty((len(paths), *feature_shape(image_size, pooling)), np.float32)
-    compute_features(model, paths, image_size, interpolation, batch_size, out)
-    return out
+    model = build_extractor(weights, image_size, pooling, precision)
+    batches = list(iter_features(model, paths, image_size, interpolation, batch_size))
+    return np.concatenate(batches) if batches else np.zeros((0, *feature_shape(image_size, pooling)), np.float32)
 
 
 def split_files(directory: Path, split: str) -> dict[str, Path]:

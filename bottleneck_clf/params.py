@@ -16,6 +16,7 @@ OPTIMIZERS = ("adam", "rmsprop", "sgd")
 LAYOUTS = ("auto", "by_class", "pre_split")
 EVAL_SPLITS = ("auto", "test", "validation")
 BAD_IMAGE_ACTIONS = ("skip", "fail")
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "interpolation": Choice(INTERPOLATIONS),
         "pooling": Choice(POOLINGS),
         "batch_size": Int(1, 1024),
+        "precision": Choice(PRECISIONS),
     },
     "head": {
         "units": Int(1, 65536),

@@ -2,16 +2,19 @@
 
 1. Inputs: regenerate the demo images (or `dvc pull` a DVC-tracked data/raw) when data/raw is absent.
 2. Stale lock: code, params or data changed since dvc.lock was written (named by stage and dependency).
-3. Rerun every stage from scratch (`dvc repro --force --no-run-cache`), then compare each output's hash
-   with the committed dvc.lock, and the metrics with `dvc metrics diff` against a tolerance.
+3. Rerun every stage from scratch (`dvc repro --force --no-run-cache`, an empty feature cache), then
+   compare each output's hash with the committed dvc.lock, and the metrics with `dvc metrics diff`
+   against a tolerance.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -21,8 +24,9 @@ from bottleneck_clf.images import list_files
 LOCK = "dvc.lock"
 
 
-def run(*command: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+def run(*command: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env} if env else None
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
     if check and result.returncode != 0:
         raise RuntimeError(f"`{' '.join(command)}` failed ({result.returncode}):\n{result.stderr.strip()}")
     return result
@@ -122,8 +126,11 @@ def check(rev: str, tolerance: float, compare_hashes: bool) -> list[str]:
     if findings:
         return findings + ["stale lock: not rerun; run `dvc repro` and commit dvc.lock and metrics/"]
 
-    print("rerunning every stage (dvc repro --force --no-run-cache)...", flush=True)
-    repro = run("dvc", "repro", "--force", "--no-run-cache", check=False)
+    print("rerunning every stage (dvc repro --force --no-run-cache, empty feature cache)...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="check-repro-cache-") as empty_cache:
+        # Features from the cache would repeat earlier results instead of recomputing them.
+        repro = run("dvc", "repro", "--force", "--no-run-cache", check=False,
+                    env={"BOTTLENECK_FEATURE_CACHE": empty_cache})
     if repro.returncode != 0:
         return [f"dvc repro failed ({repro.returncode}): {repro.stderr.strip().splitlines()[-1:]}"]
     reproduced = yaml.safe_load(Path(LOCK).read_text(encoding="utf-8")) or {}

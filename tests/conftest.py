@@ -53,6 +53,14 @@ def make_presplit_folders(root: Path, counts=None, classes=("cats", "dogs")) -> 
     return root
 
 
+@pytest.fixture(autouse=True)
+def feature_cache(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own empty feature cache (also seen by the subprocesses it starts)."""
+    root = tmp_path / "feature-cache"
+    monkeypatch.setenv("BOTTLENECK_FEATURE_CACHE", str(root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """Random-init VGG16 conv weights saved the way the weights stage saves them."""
@@ -105,8 +113,9 @@ def git(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True)
 
 
-def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, check=False)
+def dvc(root: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **(env or {})}
+    result = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, check=False, env=environment)
     if check and result.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

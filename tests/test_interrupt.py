@@ -23,7 +23,7 @@ def start_extract(project) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_mid_extraction_then_rerun(project):
+def test_sigkill_mid_extraction_then_rerun(project, tmp_path, monkeypatch):
     make_class_folders(project / "data/raw", per_class=60)
     update_params(project, {"extract": {"image_size": 64, "batch_size": 4}})
     weights.main()
@@ -31,6 +31,8 @@ def test_sigkill_mid_extraction_then_rerun(project):
     extract_features.main()
     reference = {s: np.array(load_split(project / "data/features", s)[0]) for s in ("train", "validation", "test")}
     old_meta = (project / "data/features/meta.json").read_text()
+    # An empty cache, so the killed run really encodes; it leaves a partly filled cache for the rerun.
+    monkeypatch.setenv("BOTTLENECK_FEATURE_CACHE", str(tmp_path / "cache-of-the-killed-run"))
 
     process = start_extract(project)
     deadline = time.monotonic() + 120
