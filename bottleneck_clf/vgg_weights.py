@@ -137,10 +137,13 @@ def _read_keras3(handle, path: Path) -> ConvWeights:
         )
     weights: ConvWeights = {}
     for name, group in zip(LAYER_NAMES, conv_groups, strict=True):
-        variables = handle["layers"][group]["vars"]
-        if len(variables) != 2:
-            raise ValueError(f"{path}: layer {name} ({group}) has {len(variables)} arrays, expected kernel+bias")
-        weights[name] = (np.asarray(variables["0"], np.float32), np.asarray(variables["1"], np.float32))
+        try:
+            variables = handle["layers"][group]["vars"]
+            if len(variables) != 2:
+                raise ValueError(f"{path}: layer {name} ({group}) has {len(variables)} arrays, expected kernel+bias")
+            weights[name] = (np.asarray(variables["0"], np.float32), np.asarray(variables["1"], np.float32))
+        except (OSError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"{path}: layer {name} cannot be read ({exc}); the file may be truncated") from exc
     return weights
 
 
@@ -150,11 +153,14 @@ def _read_keras2(handle, path: Path) -> ConvWeights:
         if name not in handle:
             raise ValueError(f"{path}: layer {name} is missing; this is not a VGG16 conv base")
         arrays: dict[str, np.ndarray] = {}
-        handle[name].visititems(
-            lambda key, obj, into=arrays: into.__setitem__(key.rsplit("/", 1)[-1], obj[()])
-            if hasattr(obj, "shape")
-            else None
-        )
+        try:
+            handle[name].visititems(
+                lambda key, obj, into=arrays: into.__setitem__(key.rsplit("/", 1)[-1], obj[()])
+                if hasattr(obj, "shape")
+                else None
+            )
+        except (OSError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"{path}: layer {name} cannot be read ({exc}); the file may be truncated") from exc
         kernel = next((v for k, v in arrays.items() if k.startswith("kernel")), None)
         bias = next((v for k, v in arrays.items() if k.startswith("bias")), None)
         if kernel is None or bias is None:
