@@ -123,7 +123,8 @@ def assign_splits(
     return [Entry(c.path, digest, c.label, split_of[digest]) for c, digest in items]
 
 
-def check_split_sizes(counts: Counter, validation_fraction: float, test_fraction: float) -> None:
+def check_split_sizes(counts: Counter, validation_fraction: float, test_fraction: float,
+                      what: str = "distinct image(s)") -> None:
     """Stop before any split when a class cannot give at least one image to every split."""
     fractions = {
         "train": 1 - validation_fraction - test_fraction,
@@ -136,7 +137,7 @@ def check_split_sizes(counts: Counter, validation_fraction: float, test_fraction
         short = [split for split, f in wanted.items() if n * f < 1 - 1e-9]
         if short:
             raise ValueError(
-                f"class '{label}' has {n} distinct image(s), too few for a {short[0]} share of "
+                f"class '{label}' has {n} {what}, too few for a {short[0]} share of "
                 f"{wanted[short[0]]:g}: with prepare.validation_fraction={validation_fraction} and "
                 f"prepare.test_fraction={test_fraction} each class needs at least {need}. Add images to "
                 f"'{label}', remove its folder, or change the fractions."

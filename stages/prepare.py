@@ -12,6 +12,7 @@ from bottleneck_clf.dataset import (
     Entry,
     assign_splits,
     check_images,
+    check_split_sizes,
     class_names,
     counts_by_split,
     find_candidates,
@@ -38,7 +39,10 @@ def prepare(raw: Path, layout: str, validation_fraction: float, test_fraction: f
             on_bad_image: str) -> tuple[list[Entry], list[tuple[str, str]], str]:
     """(manifest entries, [(path, reason)] skipped, layout used) for the images under `raw`."""
     layout, candidates = find_candidates(raw, layout)
+    # Fail before decoding anything when the file counts alone already rule the split out.
     require_classes([c.label for c in candidates], raw, "before checking")
+    if layout == "by_class":
+        check_split_sizes(Counter(c.label for c in candidates), validation_fraction, test_fraction, "file(s)")
     good, bad = check_images(raw, candidates)
 
     # The same bytes under two labels cannot both be right: report every such file, keep none.

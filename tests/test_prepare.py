@@ -133,7 +133,10 @@ def test_small_class_names_class_and_counts(project):
     raw = make_class_folders(project / "data/raw", per_class=10)
     for path in sorted((raw / "dogs").iterdir())[3:]:
         path.unlink()
-    with pytest.raises(ValueError, match=r"class 'dogs' has 3 distinct image\(s\).*needs at least 5"):
+    # With a broken file and on_bad_image=fail, the size error shows it came before any decoding.
+    (raw / "cats/broken.jpg").write_bytes(b"")
+    update_params(project, {"prepare": {"on_bad_image": "fail"}})
+    with pytest.raises(ValueError, match=r"class 'dogs' has 3 file\(s\), too few .*needs at least 5"):
         prepare.main()
 
 
