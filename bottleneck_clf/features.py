@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bottleneck_clf.images import load_array
+from bottleneck_clf.images import RESIZE_METHODS, load_rgb, resize
 from bottleneck_clf.params import PRECISIONS
 from bottleneck_clf.vgg_weights import assign, build_conv_base, read_weights
 
@@ -22,9 +22,10 @@ def feature_shape(image_size: int, pooling: str) -> tuple[int, ...]:
     return (512,)
 
 
-def build_extractor(weights, image_size: int, pooling: str, precision: str = "float32"):
+def build_extractor(weights, image_size: int, pooling: str, precision: str = "float32", output: str | None = None):
     """The frozen conv base with the given weights (a path or read weights); pooling flatten|avg|max.
 
+    `output` names an inner layer (e.g. "block4_pool") to stop at instead; pooling is then ignored.
     `precision="bfloat16"` computes under Keras' mixed_bfloat16 policy (variables stay float32).
     """
     import keras
@@ -36,10 +37,12 @@ def build_extractor(weights, image_size: int, pooling: str, precision: str = "fl
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
-        base = build_conv_base(image_size, None if pooling == "flatten" else pooling)
+        base = build_conv_base(image_size, None if pooling == "flatten" or output else pooling)
     finally:
         keras.config.set_dtype_policy(previous)
     assign(base, weights)
+    if output is not None:
+        base = keras.Model(base.input, base.get_layer(output).output, name=f"vgg16_to_{output}")
     base.trainable = False
     return base
 
@@ -56,6 +59,7 @@ def fingerprint(weights_digest: str, image_size: int, interpolation: str, poolin
         "weights_digest": weights_digest,
         "image_size": image_size,
         "interpolation": interpolation,
+        "resize": f"tf.image.resize({RESIZE_METHODS[interpolation]}, antialias)",
         "preprocessing": "keras.applications.vgg16.preprocess_input",
         "pooling": pooling,
         "precision": precision,
@@ -66,16 +70,18 @@ def fingerprint(weights_digest: str, image_size: int, interpolation: str, poolin
 
 
 def image_batches(paths: list[str], image_size: int, interpolation: str, batch_size: int):
-    """uint8 batches, decoded and resized on parallel threads while the model runs."""
+    """float32 batches of resized RGB images, decoded and resized on parallel threads while the model runs."""
     import tensorflow as tf
 
     def load(path: bytes) -> np.ndarray:
-        return load_array(path.decode("utf-8"), image_size, interpolation)
+        return load_rgb(path.decode("utf-8"))
 
     def load_tensor(path):
         image = tf.numpy_function(load, [path], tf.uint8, stateful=False)
-        image.set_shape((image_size, image_size, 3))
-        return image
+        image.set_shape((None, None, 3))
+        resized = resize(image, image_size, interpolation)
+        resized.set_shape((image_size, image_size, 3))
+        return resized
 
     dataset = tf.data.Dataset.from_tensor_slices(tf.constant([str(p) for p in paths], dtype=tf.string))
     dataset = dataset.map(load_tensor, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -95,7 +101,7 @@ def iter_features(model, paths: list[str], image_size: int, interpolation: str, 
         n = len(images)
         if n < batch_size:
             images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), images.dtype)])
-        x = keras.applications.vgg16.preprocess_input(images.astype(np.float32))
+        x = keras.applications.vgg16.preprocess_input(images.astype(np.float32, copy=False))
         yield np.asarray(model.predict_on_batch(x), dtype=np.float32)[:n]
 
 
@@ -132,6 +138,16 @@ def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, 
     if start != len(todo):
         raise RuntimeError(f"{desc}: produced {start} feature rows for {len(todo)} images")
     return len(todo), from_cache
+
+
+def fill_memmap(target: Path, model, paths: list[str], digests: list[str], shape: tuple[int, ...], cache,
+                image_size: int, interpolation: str, batch_size: int, desc: str) -> tuple[int, int]:
+    """`fill_features` streamed into a new `.npy` file at `target`: memory is bounded by the batch size."""
+    out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=(len(paths), *shape))
+    counts = fill_features(model, paths, digests, out, cache, image_size, interpolation, batch_size, desc=desc)
+    out.flush()
+    del out
+    return counts
 
 
 def extract_features(paths: list[str], weights, image_size: int, batch_size: int, pooling: str = "avg",

@@ -11,12 +11,14 @@ from PIL import Image, ImageOps
 
 # Files that operating systems and tools drop into folders; never images, never worth a report line.
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
-RESAMPLING = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
+# params.yaml's filter names -> tf.image.resize methods. Resizing happens in TensorFlow, with antialiasing,
+# because that is the op keras.layers.Resizing runs: the exported model resizes exactly like the pipeline.
+RESIZE_METHODS = {
+    "nearest": "nearest",
+    "bilinear": "bilinear",
+    "bicubic": "bicubic",
+    "lanczos": "lanczos3",
+    "box": "area",
 }
 
 
@@ -82,9 +84,24 @@ def open_rgb(path: str | Path) -> Image.Image:
     return decode_rgb(Path(path).read_bytes())
 
 
+def load_rgb(path: str | Path) -> np.ndarray:
+    """An (height, width, 3) uint8 array: decoded, oriented, RGB, at the file's own size."""
+    return np.asarray(open_rgb(path), dtype=np.uint8)
+
+
+def resize(images, image_size: int, interpolation: str):
+    """float32 (size, size, 3) from uint8 images of any size, aspect ratio not kept; a tf.Tensor.
+
+    The same call as `keras.layers.Resizing(size, size, interpolation, antialias=True)`.
+    """
+    import tensorflow as tf
+
+    if interpolation not in RESIZE_METHODS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; valid choices: {', '.join(RESIZE_METHODS)}")
+    return tf.image.resize(tf.cast(images, tf.float32), (image_size, image_size),
+                           method=RESIZE_METHODS[interpolation], antialias=True)
+
+
 def load_array(path: str | Path, image_size: int, interpolation: str) -> np.ndarray:
-    """A (size, size, 3) uint8 array: decoded, oriented, RGB, resized without keeping the aspect ratio."""
-    image = open_rgb(path)
-    if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), RESAMPLING[interpolation])
-    return np.asarray(image, dtype=np.uint8)
+    """A (size, size, 3) float32 array of the file, resized as the pipeline and the exported model do."""
+    return np.asarray(resize(load_rgb(path), image_size, interpolation), dtype=np.float32)

@@ -55,6 +55,14 @@ class Float:
 
 
 @dataclass(frozen=True)
+class Bool:
+    def check(self, value: Any) -> str | None:
+        if not isinstance(value, bool):
+            return f"must be true or false, got {value!r}"
+        return None
+
+
+@dataclass(frozen=True)
 class Choice:
     choices: tuple[str, ...]
 
@@ -100,9 +108,22 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "batch_size": Int(1, 65536),
         "patience": Int(0, 100000),
     },
+    "finetune": {
+        "enabled": Bool(),
+        "blocks": Int(1, 4),
+        "learning_rate": Float(0.0, 1.0, low_open=True),
+        "momentum": Float(0.0, 1.0, high_open=True),
+        "epochs": Int(1, 100000),
+        "batch_size": Int(1, 65536),
+        "patience": Int(0, 100000),
+        "flip": Bool(),
+        "rotation": Float(0.0, 0.5),
+        "zoom": Float(0.0, 1.0, high_open=True),
+    },
     "evaluate": {
         "split": Choice(EVAL_SPLITS),
         "threshold": Float(0.0, 1.0, low_open=True, high_open=True),
+        "gallery_size": Int(0, 1000),
     },
 }
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import yaml
 
 DVC_FILE = "dvc.yaml"
-NAMES = ("raw", "weights", "user_weights", "prepared", "features", "model", "train_metrics", "eval_metrics")
+NAMES = ("raw", "weights", "user_weights", "prepared", "features", "model", "train_metrics", "finetuned",
+         "finetune_metrics", "eval_metrics", "classifier")
 
 
 def project_paths(dvc_file: str | Path = DVC_FILE) -> dict[str, Path]:

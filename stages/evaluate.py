@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +12,15 @@ import numpy as np
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import atomic_path
 from bottleneck_clf.features import load_meta, load_split
+from bottleneck_clf.finetune import MODEL_FILE, RECIPE_FILE, FrozenMaps
+from bottleneck_clf.gallery import draw_gallery, worst_mistakes
 from bottleneck_clf.head import probabilities
 from bottleneck_clf.params import load_params
 from bottleneck_clf.paths import project_paths
 
 PREDICTIONS = "predictions.csv"
+GALLERY = "misclassified.png"
+MANIFEST = "manifest.csv"
 
 
 def choose_split(requested: str, available: list[str]) -> str:
@@ -71,6 +77,26 @@ def write_predictions(target: Path, ids, labels, probs, predicted, classes: list
                              *[f"{p:.6f}" for p in row]])
 
 
+def finetuned_probabilities(paths: dict[str, Path], split: str, ids) -> np.ndarray:
+    """The fine-tuned top on the frozen blocks' output for the split's images (cached by the finetune stage)."""
+    import keras
+
+    from bottleneck_clf.dataset import read_manifest
+    from bottleneck_clf.feature_cache import feature_cache_dir
+    from bottleneck_clf.vgg_weights import read_weights
+
+    recipe = json.loads((paths["finetuned"] / RECIPE_FILE).read_text(encoding="utf-8"))
+    digest_of = {e.path: e.sha256 for e in read_manifest(paths["prepared"] / MANIFEST) if e.split == split}
+    top = keras.saving.load_model(paths["finetuned"] / MODEL_FILE, compile=False)
+    frozen = FrozenMaps(read_weights(paths["weights"]), recipe, feature_cache_dir())
+    with tempfile.TemporaryDirectory(prefix="evaluate-maps-") as scratch:
+        maps, _, _ = frozen.compute([str(paths["raw"] / i) for i in ids], [digest_of[str(i)] for i in ids],
+                                    Path(scratch) / f"{split}.npy", desc=f"frozen blocks {split}")
+        probs = probabilities(top, maps)
+        del maps
+    return probs
+
+
 def main() -> None:
     import keras
     from dvclive import Live
@@ -82,11 +108,16 @@ def main() -> None:
     classes = meta["classes"]
     split = choose_split(settings["split"], list(meta["counts"]))
     features, labels, ids = load_split(paths["features"], split)
-    model = keras.saving.load_model(paths["model"])
-    probs = probabilities(model, features)
+    if (paths["finetuned"] / MODEL_FILE).exists():
+        model_name = "finetuned"
+        probs = finetuned_probabilities(paths, split, ids)
+    else:
+        model_name = "head"
+        probs = probabilities(keras.saving.load_model(paths["model"], compile=False), features)
     predicted = predict_labels(probs, settings["threshold"])
     metrics = evaluate(probs, labels, classes, settings["threshold"])
     metrics["split"] = split
+    metrics["model"] = model_name
 
     out = paths["eval_metrics"]
     live = Live(str(out), dvcyaml=False, save_dvc_exp=False)
@@ -104,8 +135,11 @@ def main() -> None:
                           title=f"Precision-recall ({kind})")
     live.end()
     write_predictions(out / PREDICTIONS, ids, labels, probs, predicted, classes)
+    mistakes = worst_mistakes(ids, labels, predicted, probs, classes, paths["raw"], settings["gallery_size"])
+    draw_gallery(mistakes, out / "plots" / GALLERY,
+                 f"Most confident mistakes of the {model_name} model on the {split} split ({len(mistakes)} shown)")
     auc = f", ROC AUC {metrics['roc_auc']:.4f}" if "roc_auc" in metrics else ""
-    print(f"evaluate: {split} split, {len(labels)} images: accuracy {metrics['accuracy']:.4f}, "
+    print(f"evaluate: {model_name} model, {split} split, {len(labels)} images: accuracy {metrics['accuracy']:.4f}, "
           f"loss {metrics['loss']:.4f}, macro F1 {metrics['macro_f1']:.4f}{auc} -> {out}")
 
 

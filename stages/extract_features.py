@@ -10,7 +10,7 @@ import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import atomic_dir, write_json
 from bottleneck_clf.dataset import SPLITS, class_names, read_manifest
 from bottleneck_clf.feature_cache import FeatureCache, feature_cache_dir
-from bottleneck_clf.features import META_FILE, build_extractor, feature_shape, fill_features, fingerprint, split_files
+from bottleneck_clf.features import META_FILE, build_extractor, feature_shape, fill_memmap, fingerprint, split_files
 from bottleneck_clf.params import load_params
 from bottleneck_clf.paths import project_paths
 from bottleneck_clf.vgg_weights import read_weights, weights_digest
@@ -39,14 +39,9 @@ def main() -> None:
             if not rows:
                 continue
             files = split_files(tmp, split)
-            # Streamed into a memory-mapped .npy: memory is bounded by the batch, not the data set.
-            out = np.lib.format.open_memmap(files["features"], mode="w+", dtype=np.float32,
-                                            shape=(len(rows), *shape))
-            done, hit = fill_features(model, [str(paths["raw"] / e.path) for e in rows], [e.sha256 for e in rows],
-                                      out, cache, size, settings["interpolation"], settings["batch_size"],
-                                      desc=f"extract {split}")
-            out.flush()
-            del out
+            done, hit = fill_memmap(files["features"], model, [str(paths["raw"] / e.path) for e in rows],
+                                    [e.sha256 for e in rows], shape, cache, size, settings["interpolation"],
+                                    settings["batch_size"], desc=f"extract {split}")
             np.save(files["labels"], np.array([classes.index(e.label) for e in rows], np.int32))
             np.save(files["ids"], np.array([e.path for e in rows], dtype=np.str_))
             counts[split] = len(rows)

@@ -21,6 +21,7 @@ PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "bottleneck_clf", "data/we
 TINY_PARAMS = {
     "extract": {"image_size": 32, "batch_size": 8},
     "head": {"units": 8, "epochs": 3, "batch_size": 8, "patience": 2},
+    "finetune": {"epochs": 2, "batch_size": 8, "patience": 1},
 }
 
 

@@ -9,7 +9,8 @@ import pytest
 from conftest import dvc, git, make_class_folders, update_params, write_image
 
 pytestmark = pytest.mark.slow
-ALL_STAGES = {"weights", "prepare", "extract_features", "train_head", "evaluate"}
+ALL_STAGES = {"weights", "prepare", "extract_features", "train_head", "finetune", "evaluate", "export"}
+AFTER_HEAD = {"finetune", "evaluate", "export"}
 
 
 def repro(repo) -> set[str]:
@@ -33,13 +34,13 @@ def test_reruns_only_what_a_change_touches(dvc_repo, tiny_weights):
 
     update_params(repo, {"head": {"dropout": 0.3}})
     assert dvc(repo, "status", "-q", check=False).returncode == 1
-    assert repro(repo) == {"train_head", "evaluate"}
+    assert repro(repo) == {"train_head", *AFTER_HEAD}
 
     update_params(repo, {"evaluate": {"threshold": 0.6}})
     assert repro(repo) == {"evaluate"}
 
     write_image(repo / "data/raw/cats/003.png", (10, 200, 10), seed=77)
-    assert repro(repo) == {"prepare", "extract_features", "train_head", "evaluate"}
+    assert repro(repo) == {"prepare", "extract_features", "train_head", *AFTER_HEAD}
 
     other = repo / "data/weights/user/other.weights.h5"
     import keras
@@ -50,8 +51,38 @@ def test_reruns_only_what_a_change_touches(dvc_repo, tiny_weights):
     model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     write_weights_h5({n: tuple(model.get_layer(n).get_weights()) for n in LAYER_NAMES}, other)
     update_params(repo, {"weights": {"source": "data/weights/user/other.weights.h5"}})
-    assert repro(repo) == {"weights", "extract_features", "train_head", "evaluate"}
+    assert repro(repo) == {"weights", "extract_features", "train_head", *AFTER_HEAD}
     assert repro(repo) == set()
+
+
+def test_finetune_switched_on_never_reruns_vgg_stages(dvc_repo):
+    repo = dvc_repo
+    make_class_folders(repo / "data/raw", per_class=10)
+    repro(repo)
+    commit(repo, "head only")
+    update_params(repo, {"finetune": {"enabled": True}})
+    assert repro(repo) == AFTER_HEAD
+    assert json.loads((repo / "metrics/eval/metrics.json").read_text())["model"] == "finetuned"
+    assert json.loads((repo / "data/models/classifier/classes.json").read_text())["trained"] == "finetuned"
+    update_params(repo, {"evaluate": {"threshold": 0.4, "gallery_size": 2}})
+    assert repro(repo) == {"evaluate"}
+    update_params(repo, {"finetune": {"zoom": 0.0}})
+    assert repro(repo) == AFTER_HEAD
+
+
+def test_gallery_is_a_declared_plot(dvc_repo):
+    repo = dvc_repo
+    make_class_folders(repo / "data/raw", per_class=10)
+    repro(repo)
+    gallery = repo / "metrics/eval/plots/misclassified.png"
+    assert gallery.read_bytes().startswith(b"\x89PNG")
+    shown = dvc(repo, "plots", "show", "--json").stdout
+    assert "metrics/eval/plots/misclassified.png" in shown
+    commit(repo, "first run")
+    update_params(repo, {"evaluate": {"gallery_size": 1}})
+    repro(repo)
+    diffed = dvc(repo, "plots", "diff", "HEAD", "--json").stdout
+    assert diffed.count("misclassified.png") >= 2  # one image per revision: HEAD and the workspace
 
 
 def test_exp_run_and_show_list_both_runs(dvc_repo):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bottleneck_clf.images import BadImage, decode_rgb, load_array
+from bottleneck_clf.images import RESIZE_METHODS, BadImage, decode_rgb, load_array
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -76,9 +76,22 @@ def test_decompression_bomb_is_refused_unread(monkeypatch):
         decode_rgb(encoded(Image.new("RGB", (40, 40)), "PNG"))
 
 
-def test_load_array_resizes_to_square_uint8(tmp_path):
+def test_load_array_resizes_to_square_float(tmp_path):
     path = tmp_path / "wide.png"
     Image.new("RGB", (90, 30), (1, 2, 3)).save(path)
     array = load_array(path, 32, "bilinear")
-    assert array.shape == (32, 32, 3) and array.dtype == np.uint8
-    assert tuple(array[0, 0]) == (1, 2, 3)
+    assert array.shape == (32, 32, 3) and array.dtype == np.float32
+    np.testing.assert_allclose(array[0, 0], (1, 2, 3), atol=1e-4)
+
+
+@pytest.mark.parametrize("interpolation", list(RESIZE_METHODS))
+def test_resize_is_what_a_keras_resizing_layer_does(tmp_path, interpolation):
+    """The exported model resizes inside Keras; the pipeline must give it bit for bit the same pixels."""
+    import keras
+
+    path = tmp_path / "noise.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (70, 45, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    layer = keras.layers.Resizing(32, 32, interpolation=RESIZE_METHODS[interpolation], antialias=True)
+    expected = np.asarray(layer(pixels[None].astype(np.float32)))[0]
+    np.testing.assert_array_equal(load_array(path, 32, interpolation), expected)

@@ -1,0 +1,66 @@
+"""One self-contained `.keras` classifier: uint8 RGB images of any size in, class probabilities out.
+
+Everything the pipeline does between a decoded image and a probability is a standard Keras layer inside the
+model (no Lambda, no custom class), so `keras.saving.load_model(path)` loads it in safe mode anywhere:
+  uint8 -> float (Rescaling 1.0) -> resize (Resizing, antialiased: the pipeline's own op) -> VGG16
+  preprocessing (a fixed 1x1 convolution: RGB -> BGR minus the ImageNet mean) -> frozen VGG16 blocks ->
+  trained top (fine-tuned blocks, if any, pooling and head) -> probabilities, two columns for two classes.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers
+
+from bottleneck_clf.features import build_extractor
+from bottleneck_clf.images import RESIZE_METHODS
+
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+CLASSES_FILE = "classes.json"
+MODEL_FILE = "model.keras"
+
+
+def vgg_preprocessing() -> layers.Conv2D:
+    """keras.applications.vgg16.preprocess_input as a frozen 1x1 convolution (safe to load, no Lambda)."""
+    layer = layers.Conv2D(3, 1, name="vgg16_preprocessing", trainable=False)
+    layer.build((None, None, None, 3))
+    flip = np.zeros((1, 1, 3, 3), np.float32)
+    for channel in range(3):
+        flip[0, 0, channel, 2 - channel] = 1.0  # input RGB channel c becomes BGR channel 2 - c
+    layer.set_weights([flip, -np.asarray(IMAGENET_MEAN_BGR, np.float32)])
+    return layer
+
+
+def two_columns() -> layers.Dense:
+    """p -> [1 - p, p]: a sigmoid head's single output as the probabilities of both classes."""
+    layer = layers.Dense(2, name="class_probabilities", trainable=False)
+    layer.build((None, 1))
+    layer.set_weights([np.array([[-1.0, 1.0]], np.float32), np.array([1.0, 0.0], np.float32)])
+    return layer
+
+
+def build_classifier(weights, top: keras.Model, blocks: int, image_size: int, interpolation: str,
+                     n_classes: int) -> keras.Model:
+    """Raw images -> class probabilities, with `top` after the frozen VGG16 blocks below the top `blocks`.
+
+    blocks=0: the whole conv base is frozen and `top` is pooling + head.
+    """
+    from bottleneck_clf.finetune import split_layer
+
+    if interpolation not in RESIZE_METHODS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; valid choices: {', '.join(RESIZE_METHODS)}")
+    inputs = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
+    x = layers.Rescaling(1.0, name="to_float")(inputs)
+    x = layers.Resizing(image_size, image_size, interpolation=RESIZE_METHODS[interpolation], antialias=True,
+                        name="resize")(x)
+    x = vgg_preprocessing()(x)
+    last_frozen = split_layer(blocks) if blocks else "block5_pool"
+    frozen = build_extractor(weights, image_size, "flatten", output=last_frozen)
+    x = frozen(x, training=False)
+    x = top(x, training=False)
+    if n_classes == 2:
+        x = two_columns()(x)
+    model = keras.Model(inputs, x, name="bottleneck_classifier")
+    model.trainable = False
+    return model

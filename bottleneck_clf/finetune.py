@@ -1,0 +1,140 @@
+"""Fine-tuning the top VGG16 blocks together with the trained head, on cached outputs of the frozen blocks.
+
+The bottleneck idea one level lower: the blocks that stay frozen are run once per image (and cached by content,
+like the features), so each epoch only costs the blocks being trained. Augmentation is therefore applied to
+the frozen blocks' feature maps, not to the pixels: a horizontal flip, a small rotation and zoom of a map
+approximate those of the image (README, "Fine-tuning").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from bottleneck_clf.vgg_weights import VGG16_CONV_LAYERS
+
+BLOCKS = (1, 2, 3, 4)
+TOP_NAME = "top"
+# Inside the finetune stage's output folder.
+MODEL_FILE = "model.keras"
+RECIPE_FILE = "recipe.json"
+
+
+def split_layer(blocks: int) -> str:
+    """The last frozen layer when the top `blocks` conv blocks train."""
+    if blocks not in BLOCKS:
+        raise ValueError(f"finetune.blocks is {blocks!r}; valid choices: {', '.join(map(str, BLOCKS))}")
+    return f"block{5 - blocks}_pool"
+
+
+def map_shape(image_size: int, blocks: int) -> tuple[int, int, int]:
+    """Shape of the frozen blocks' output: each block halves the side; block k ends with 64 * 2**(k-1) channels."""
+    frozen = 5 - blocks
+    side = image_size // 2**frozen
+    return (side, side, min(64 * 2 ** (frozen - 1), 512))
+
+
+def trained_layers(blocks: int) -> list[str]:
+    """Conv layers of the top `blocks` blocks, in network order."""
+    first = 6 - blocks
+    return [name for name, _, _ in VGG16_CONV_LAYERS if int(name[5]) >= first]
+
+
+def build_top(input_shape: tuple[int, ...], blocks: int, pooling: str, weights, head) -> keras.Model:
+    """The top `blocks` VGG16 blocks (ImageNet weights from `weights`), the extractor's pooling, then `head`.
+
+    With blocks=0 it is pooling + head: what the pipeline runs after the whole frozen conv base.
+    """
+    inputs = keras.Input(shape=input_shape, name="frozen_maps")
+    x = inputs
+    for block in range(6 - blocks, 6):
+        for name, _, filters in VGG16_CONV_LAYERS:
+            if int(name[5]) == block:
+                x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=name)(x)
+        x = layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+    if pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    elif pooling != "flatten":
+        raise ValueError(f"unknown pooling {pooling!r}; valid choices: flatten, avg, max")
+    outputs = head(x)
+    model = keras.Model(inputs, outputs, name=TOP_NAME)
+    for name in trained_layers(blocks) if blocks else []:
+        model.get_layer(name).set_weights(list(weights[name]))
+    return model
+
+
+def augmentation(flip: bool, rotation: float, zoom: float, seed: int) -> keras.Sequential:
+    """Random flip/rotation/zoom of feature maps; active only in training, identity otherwise."""
+    steps = [layers.Identity(name="no_augmentation")]
+    if flip:
+        steps.append(layers.RandomFlip("horizontal", seed=seed, name="flip"))
+    if rotation > 0:
+        steps.append(layers.RandomRotation(rotation, fill_mode="reflect", seed=seed + 1, name="rotation"))
+    if zoom > 0:
+        steps.append(layers.RandomZoom(zoom, fill_mode="reflect", seed=seed + 2, name="zoom"))
+    return keras.Sequential(steps, name="augmentation")
+
+
+def compile_top(model, n_classes: int, learning_rate: float, momentum: float) -> None:
+    loss = "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=momentum), loss=loss, metrics=["accuracy"])
+
+
+def finetune(train, validation, top: keras.Model, n_classes: int, learning_rate: float, momentum: float,
+             epochs: int, batch_size: int, patience: int, flip: bool, rotation: float, zoom: float, seed: int,
+             callbacks: list | None = None):
+    """Train `top` on (maps, labels) pairs with augmentation in front; returns keras History.
+
+    `top` itself is trained in place and holds the best epoch's weights afterwards when patience > 0.
+    """
+    from bottleneck_clf.head import FeatureBatches
+
+    inputs = keras.Input(shape=top.input_shape[1:], name="frozen_maps")
+    model = keras.Model(inputs, top(augmentation(flip, rotation, zoom, seed)(inputs)), name="finetune")
+    compile_top(model, n_classes, learning_rate, momentum)
+    callbacks = list(callbacks or [])
+    if patience > 0:
+        callbacks.insert(0, keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=patience, restore_best_weights=True, verbose=1))
+    return model.fit(
+        FeatureBatches(*train, batch_size=batch_size, shuffle=True, seed=seed),
+        validation_data=FeatureBatches(*validation, batch_size=batch_size, shuffle=False, seed=seed),
+        epochs=epochs, callbacks=callbacks, verbose=2,
+    )
+
+
+def recipe(extract: dict, blocks: int) -> dict:
+    """What a fine-tuned top was trained on; saved beside it so evaluate and export rebuild the same input."""
+    keys = ("image_size", "interpolation", "pooling", "precision", "batch_size")
+    return {"blocks": blocks, **{key: extract[key] for key in keys}}
+
+
+class FrozenMaps:
+    """Outputs of the frozen blocks for lists of images, each image encoded once per recipe (feature cache)."""
+
+    def __init__(self, weights, recipe: dict, cache_root: Path):
+        from bottleneck_clf.feature_cache import FeatureCache
+        from bottleneck_clf.features import build_extractor, fingerprint
+        from bottleneck_clf.vgg_weights import weights_digest
+
+        self.recipe = recipe
+        size, blocks = recipe["image_size"], recipe["blocks"]
+        settings = fingerprint(weights_digest(weights), size, recipe["interpolation"], "flatten",
+                               recipe["precision"], recipe["batch_size"])
+        self.cache = FeatureCache(cache_root, {**settings, "pooling": "none", "output": split_layer(blocks)})
+        self.model = build_extractor(weights, size, "flatten", recipe["precision"], output=split_layer(blocks))
+        self.shape = map_shape(size, blocks)
+
+    def compute(self, paths: list[str], digests: list[str], target: Path, desc: str):
+        """(memory-mapped maps, encoded, from cache), the maps streamed into the `.npy` file `target`."""
+        from bottleneck_clf.features import fill_memmap
+
+        encoded, hit = fill_memmap(target, self.model, paths, digests, self.shape, self.cache,
+                                   self.recipe["image_size"], self.recipe["interpolation"],
+                                   self.recipe["batch_size"], desc)
+        return np.load(target, mmap_mode="r"), encoded, hit

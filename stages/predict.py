@@ -1,0 +1,107 @@
+"""Classify image files with an exported model.
+
+    python -m stages.predict MODEL IMAGE_OR_DIR... [--output preds.csv]
+
+MODEL is the export stage's `model.keras` (class names from `classes.json` beside it). Folders are searched
+recursively, skipping hidden and system files. Prints `path,class,probability` per image, or writes them with
+every class's probability to --output. A file that cannot be read is reported with the reason and skipped;
+the exit status is 1 only when no image at all could be classified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
+from bottleneck_clf.atomic import atomic_path
+from bottleneck_clf.export import CLASSES_FILE
+from bottleneck_clf.images import BadImage, decode_rgb, list_files
+
+
+def find_images(targets: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(files to classify, [(path, reason)] for arguments that are neither a file nor a folder)."""
+    files, missing = [], []
+    for target in map(Path, targets):
+        if target.is_dir():
+            files.extend(target / relative for relative in list_files(target))
+        elif target.is_file():
+            files.append(target)
+        else:
+            missing.append((target, "no such file or folder"))
+    return files, missing
+
+
+def read_classes(model_path: Path, classes_path: Path | None, n_outputs: int) -> list[str]:
+    path = classes_path or model_path.parent / CLASSES_FILE
+    if not path.exists():
+        if classes_path is not None:
+            raise ValueError(f"{path}: not found; pass the classes.json written beside the exported model")
+        print(f"predict: {path} not found; naming classes by index", file=sys.stderr)
+        return [str(i) for i in range(n_outputs)]
+    classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
+    if len(classes) != n_outputs:
+        raise ValueError(f"{path}: lists {len(classes)} classes but {model_path} outputs {n_outputs}; "
+                         "use the classes.json exported with this model")
+    return classes
+
+
+def classify(model, files: list[Path]):
+    """Yield (path, probabilities or None, error or None) per file; one image per call, any size."""
+    from tqdm import tqdm
+
+    for path in tqdm(files, desc="predict", unit="img", disable=len(files) < 2, file=sys.stderr):
+        try:
+            image = np.asarray(decode_rgb(path.read_bytes()), dtype=np.uint8)
+        except (BadImage, OSError) as exc:
+            yield path, None, str(exc)
+            continue
+        # An eager call: images of new sizes do not retrace a graph.
+        yield path, np.asarray(model(image[None], training=False), np.float64)[0], None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", type=Path, help="exported model.keras (data/models/classifier/model.keras)")
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    parser.add_argument("--output", type=Path, help="write a CSV with every class's probability here")
+    parser.add_argument("--classes", type=Path, help="classes.json (default: the one beside MODEL)")
+    args = parser.parse_args(argv)
+    import keras
+
+    if not args.model.is_file():
+        parser.error(f"{args.model}: model file not found; run `dvc repro export` to make one")
+    model = keras.saving.load_model(args.model, compile=False)
+    classes = read_classes(args.model, args.classes, int(model.output_shape[-1]))
+    files, failures = find_images(args.images)
+    rows = []
+    for path, probs, error in classify(model, files):
+        if error is not None:
+            failures.append((path, error))
+            continue
+        best = int(np.argmax(probs))
+        rows.append((path, classes[best], probs[best], probs))
+        if args.output is None:
+            print(f"{path},{classes[best]},{probs[best]:.6f}")
+    if args.output is not None:
+        with atomic_path(args.output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["path", "class", "probability", *[f"p_{c}" for c in classes], "error"])
+            for path, name, prob, probs in rows:
+                writer.writerow([str(path), name, f"{prob:.6f}", *[f"{p:.6f}" for p in probs], ""])
+            for path, error in failures:
+                writer.writerow([str(path), "", "", *[""] * len(classes), error])
+    for path, error in failures:
+        print(f"predict: {path}: skipped: {error}", file=sys.stderr)
+    where = f" -> {args.output}" if args.output else ""
+    print(f"predict: {len(rows)} classified, {len(failures)} not readable{where}", file=sys.stderr)
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

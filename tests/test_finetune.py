@@ -1,0 +1,99 @@
+"""The finetune stage: off by default, and when on, trains the top VGG16 blocks on cached frozen-block maps."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import make_class_folders, update_params
+
+from bottleneck_clf.features import build_extractor, load_meta, load_split
+from bottleneck_clf.finetune import augmentation, build_top, map_shape, split_layer, trained_layers
+from bottleneck_clf.head import build_head, probabilities
+from bottleneck_clf.vgg_weights import read_weights
+from stages import evaluate, finetune, prepare, train_head, weights
+from stages import extract_features as extract_stage
+
+
+def run_until_head():
+    for stage in (weights, prepare, extract_stage, train_head):
+        stage.main()
+
+
+def test_disabled_by_default_writes_only_a_marker(project):
+    make_class_folders(project / "data/raw", per_class=8)
+    run_until_head()
+    finetune.main()
+    assert sorted(p.name for p in (project / "data/models/finetuned").iterdir()) == ["DISABLED"]
+    assert json.loads((project / "metrics/finetune/metrics.json").read_text()) == {"enabled": False}
+    assert (project / "metrics/finetune/plots/metrics/eval/loss.tsv").read_text() == "step\tloss\n"
+    evaluate.main()
+    assert json.loads((project / "metrics/eval/metrics.json").read_text())["model"] == "head"
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_enabled_trains_the_top_blocks_and_evaluate_uses_them(project, blocks, capsys):
+    make_class_folders(project / "data/raw", per_class=8)
+    update_params(project, {"finetune": {"enabled": True, "blocks": blocks}})
+    run_until_head()
+    finetune.main()
+    out = capsys.readouterr().out
+    n = load_meta(project / "data/features")["counts"]
+    assert f"train: {n['train']} images, {n['train']} through the frozen blocks, 0 from the cache" in out
+    folder = project / "data/models/finetuned"
+    recipe = json.loads((folder / "recipe.json").read_text())
+    assert recipe["blocks"] == blocks and recipe["input_shape"] == list(map_shape(32, blocks))
+    top = keras.saving.load_model(folder / "model.keras")
+    original = read_weights(project / "data/weights/vgg16_notop.weights.h5")
+    for name in trained_layers(blocks):
+        assert not np.array_equal(top.get_layer(name).get_weights()[0], original[name][0]), name
+    assert {layer.name for layer in top.layers if layer.name.endswith("_conv1")} == {
+        f"block{b}_conv1" for b in range(6 - blocks, 6)}
+    curve = (project / "metrics/finetune/plots/metrics/eval/loss.tsv").read_text().splitlines()
+    assert curve[0] == "step\tloss" and len(curve) >= 2
+
+    evaluate.main()
+    metrics = json.loads((project / "metrics/eval/metrics.json").read_text())
+    assert metrics["model"] == "finetuned" and metrics["images"] == n["test"]
+
+    finetune.main()  # a rerun (say, after a finetune.* change) sends no image through the frozen blocks again
+    assert f"train: {n['train']} images, 0 through the frozen blocks, {n['train']} from the cache" in \
+        capsys.readouterr().out
+
+
+def test_untrained_top_on_maps_equals_head_on_features(project):
+    """Splitting VGG16 at blockN_pool and stacking the top back changes nothing before training."""
+    make_class_folders(project / "data/raw", per_class=6)
+    run_until_head()
+    conv = read_weights(project / "data/weights/vgg16_notop.weights.h5")
+    head = keras.saving.load_model(project / "data/models/head.keras")
+    features, _, ids = load_split(project / "data/features", "test")
+    from bottleneck_clf.images import load_array
+
+    images = np.stack([load_array(project / "data/raw" / i, 32, "bilinear") for i in ids])
+    frozen = build_extractor(conv, 32, "flatten", output=split_layer(1))
+    maps = frozen.predict(keras.applications.vgg16.preprocess_input(images), verbose=0)
+    top = build_top(maps.shape[1:], 1, "avg", conv, head)
+    np.testing.assert_allclose(probabilities(top, maps), probabilities(head, features), atol=1e-5)
+
+
+def test_augmentation_only_acts_in_training():
+    maps = np.random.default_rng(0).random((4, 6, 6, 8)).astype(np.float32)
+    augment = augmentation(flip=True, rotation=0.1, zoom=0.2, seed=1)
+    np.testing.assert_array_equal(np.asarray(augment(maps, training=False)), maps)
+    assert not np.allclose(np.asarray(augment(maps, training=True)), maps)
+
+
+@pytest.mark.parametrize("blocks", [0, 5, -1])
+def test_blocks_out_of_range_lists_choices(blocks):
+    with pytest.raises(ValueError, match="valid choices: 1, 2, 3, 4"):
+        split_layer(blocks)
+
+
+def test_head_of_three_classes_fits_on_top():
+    conv = {name: (np.zeros((3, 3, cin, cout), np.float32), np.zeros(cout, np.float32))
+            for name, cin, cout in __import__("bottleneck_clf.vgg_weights", fromlist=["x"]).VGG16_CONV_LAYERS}
+    top = build_top((4, 4, 512), 1, "max", conv, build_head((512,), 3, 4, 0.0))
+    assert top.output_shape == (None, 3)
