@@ -89,6 +89,9 @@ def test_metric_drift_past_tolerance(dvc_repo, capsys):
     [
         ({"extract_features": [{"changed deps": {"data/prepared": "deleted"}}]}, []),
         ({"prepare": [{"changed outs": {"data/prepared": "deleted"}}]}, []),
+        ({"export": [{"changed deps": {"data/prepared/meta.json": "deleted"}}]}, []),
+        ({"export": [{"changed deps": {"data/prepared-old/x": "deleted"}}]},
+         ["stale lock: stage 'export': dependency data/prepared-old/x deleted"]),
         ({"train_head": ["changed command"]}, ["stale lock: stage 'train_head': command changed since dvc.lock"]),
         ({"prepare": [{"changed deps": {"data/raw": "deleted"}}]},
          ["stale lock: stage 'prepare': dependency data/raw deleted"]),

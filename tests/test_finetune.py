@@ -63,9 +63,11 @@ def test_enabled_trains_the_top_blocks_and_evaluate_uses_them(project, blocks, c
         capsys.readouterr().out
 
 
-def test_untrained_top_on_maps_equals_head_on_features(project):
+@pytest.mark.parametrize("pooling", ["avg", "max", "flatten"])
+def test_untrained_top_on_maps_equals_head_on_features(project, pooling):
     """Splitting VGG16 at blockN_pool and stacking the top back changes nothing before training."""
     make_class_folders(project / "data/raw", per_class=6)
+    update_params(project, {"extract": {"pooling": pooling}})
     run_until_head()
     conv = read_weights(project / "data/weights/vgg16_notop.weights.h5")
     head = keras.saving.load_model(project / "data/models/head.keras")
@@ -75,7 +77,7 @@ def test_untrained_top_on_maps_equals_head_on_features(project):
     images = np.stack([load_array(project / "data/raw" / i, 32, "bilinear") for i in ids])
     frozen = build_extractor(conv, 32, "flatten", output=split_layer(1))
     maps = frozen.predict(keras.applications.vgg16.preprocess_input(images), verbose=0)
-    top = build_top(maps.shape[1:], 1, "avg", conv, head)
+    top = build_top(maps.shape[1:], 1, pooling, conv, head)
     np.testing.assert_allclose(probabilities(top, maps), probabilities(head, features), atol=1e-5)
 
 

