@@ -8,7 +8,7 @@ import yaml
 
 DVC_FILE = "dvc.yaml"
 NAMES = ("raw", "weights", "user_weights", "prepared", "features", "model", "train_metrics", "finetuned",
-         "finetune_metrics", "eval_metrics", "classifier")
+         "finetune_metrics", "eval_metrics", "classifier", "machine")
 
 
 def project_paths(dvc_file: str | Path = DVC_FILE) -> dict[str, Path]:

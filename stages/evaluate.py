@@ -15,6 +15,7 @@ from bottleneck_clf.features import load_meta, load_split
 from bottleneck_clf.finetune import MODEL_FILE, RECIPE_FILE, FrozenMaps
 from bottleneck_clf.gallery import draw_gallery, worst_mistakes
 from bottleneck_clf.head import probabilities
+from bottleneck_clf.machine import record as record_machine
 from bottleneck_clf.params import load_params
 from bottleneck_clf.paths import project_paths
 
@@ -104,6 +105,7 @@ def main() -> None:
     params = load_params()
     settings = params["evaluate"]
     paths = project_paths()
+    record_machine(paths["machine"], "evaluate")  # which CPU made these floats (check_repro reads it)
     meta = load_meta(paths["features"])
     classes = meta["classes"]
     split = choose_split(settings["split"], list(meta["counts"]))

@@ -14,6 +14,7 @@ from bottleneck_clf.export import CLASSES_FILE, MODEL_FILE, build_classifier
 from bottleneck_clf.features import load_meta
 from bottleneck_clf.finetune import MODEL_FILE as TOP_FILE
 from bottleneck_clf.finetune import RECIPE_FILE, build_top
+from bottleneck_clf.machine import record as record_machine
 from bottleneck_clf.model_files import save_model
 from bottleneck_clf.params import load_params
 from bottleneck_clf.paths import project_paths
@@ -25,6 +26,7 @@ def main() -> None:
 
     load_params()  # a broken params.yaml stops every stage, this one included
     paths = project_paths()
+    record_machine(paths["machine"], "export")  # which CPU made these floats (check_repro reads it)
     meta = load_meta(paths["features"])
     classes = meta["classes"]
     settings = meta["fingerprint"]

@@ -11,6 +11,7 @@ from bottleneck_clf.atomic import atomic_dir, write_json
 from bottleneck_clf.dataset import SPLITS, class_names, read_manifest
 from bottleneck_clf.feature_cache import FeatureCache, feature_cache_dir
 from bottleneck_clf.features import META_FILE, build_extractor, feature_shape, fill_memmap, fingerprint, split_files
+from bottleneck_clf.machine import record as record_machine
 from bottleneck_clf.params import load_params
 from bottleneck_clf.paths import project_paths
 from bottleneck_clf.vgg_weights import read_weights, weights_digest
@@ -22,6 +23,7 @@ def main() -> None:
     params = load_params()
     settings = params["extract"]
     paths = project_paths()
+    record_machine(paths["machine"], "extract_features")  # which CPU made these floats (check_repro reads it)
     entries = read_manifest(paths["prepared"] / MANIFEST)
     classes = class_names(entries)
     size, pooling, precision = settings["image_size"], settings["pooling"], settings["precision"]

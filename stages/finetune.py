@@ -15,6 +15,7 @@ import numpy as np
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import atomic_dir, write_json
 from bottleneck_clf.dataset import class_names, read_manifest
+from bottleneck_clf.machine import record as record_machine
 from bottleneck_clf.params import load_params
 from bottleneck_clf.paths import project_paths
 
@@ -47,6 +48,7 @@ def main() -> None:
     params = load_params()
     settings = params["finetune"]
     paths = project_paths()
+    record_machine(paths["machine"], "finetune")  # which CPU made these floats (check_repro reads it)
     if not settings["enabled"]:
         write_disabled(paths["finetuned"], paths["finetune_metrics"])
         print(f"finetune: disabled (finetune.enabled: false) -> {paths['finetuned']}")

@@ -8,6 +8,7 @@ import numpy as np
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.features import load_meta, load_split
 from bottleneck_clf.head import FeatureBatches, build_head, compile_head, seed_everything
+from bottleneck_clf.machine import record as record_machine
 from bottleneck_clf.model_files import save_model
 from bottleneck_clf.params import load_params
 from bottleneck_clf.paths import project_paths
@@ -40,6 +41,7 @@ def main() -> None:
     settings = params["head"]
     seed = params["base"]["seed"]
     paths = project_paths()
+    record_machine(paths["machine"], "train_head")  # which CPU made these floats (check_repro reads it)
     seed_everything(seed)
     meta = load_meta(paths["features"])
     train = load_split(paths["features"], "train")[:2]

@@ -45,7 +45,8 @@ def test_clean_checkout_passes_and_regenerates_demo(dvc_repo, capsys):
     assert check_repro.main([]) == 0
     out = capsys.readouterr().out
     assert "inputs: regenerated the demo images in data/raw" in out
-    assert "check_repro: OK, output hashes and metrics reproduce HEAD (tolerance 0)" in out
+    assert "mode: strict: every stage in dvc.lock was made on this machine's signature" in out
+    assert "check_repro: OK, HEAD reproduces: output hashes and metrics exactly" in out
 
 
 def test_param_changed_without_repro(dvc_repo, capsys):
@@ -81,7 +82,7 @@ def test_metric_drift_past_tolerance(dvc_repo, capsys):
     assert "check_repro: FAILED, 1 finding(s)" in out  # every output still matches dvc.lock exactly
 
     assert check_repro.main(["--metrics-only", "--tolerance", "0.3"]) == 0
-    assert "check_repro: OK, metrics reproduce HEAD (tolerance 0.3)" in capsys.readouterr().out
+    assert "check_repro: OK, HEAD reproduces: metrics within tolerance (--tolerance 0.3)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -99,3 +100,93 @@ def test_metric_drift_past_tolerance(dvc_repo, capsys):
 )
 def test_stale_findings_ignore_outputs_not_yet_built(status, expected):
     assert check_repro.stale_findings(status, {"data/prepared"}) == expected
+
+
+# A Zen 3 with AVX2 only, as a lock made on the other kind of machine records it.
+ZEN3 = {"vendor": "AuthenticAMD", "model_name": "AMD EPYC 7B13", "family": "25", "model": "1",
+        "flags": ["avx2", "fma"], "cores": 2}
+
+
+def commit_run_from_other_cpu(repo) -> None:
+    """Commit a demo run whose floats really differ from this machine's, recorded as made on a Zen 3.
+
+    TensorFlow's own (Eigen) kernels instead of oneDNN's round differently, as another CPU's kernels do;
+    the committed records then name an AVX2-only CPU, as a lock written on one would.
+    """
+    demo_data.main([])
+    dvc(repo, "repro", env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+    for record in (repo / "metrics/machine").glob("*.json"):
+        data = json.loads(record.read_text())
+        data["cpu"] = ZEN3
+        record.write_text(json.dumps(data, indent=2) + "\n")
+    dvc(repo, "commit", "-f", "-q")  # the records are outputs: dvc.lock takes their new hashes
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "demo run made on a Zen 3")
+
+
+def clean_checkout(repo) -> None:
+    """Back to the commit, with no outputs of earlier runs, as a fresh clone is."""
+    git(repo, "checkout", "-q", "HEAD", "--", ".")
+    subprocess.run(["rm", "-rf", "data/raw", "data/features", "data/prepared", "data/models"], cwd=repo, check=True)
+
+
+def test_lock_from_another_cpu_compares_metrics_and_passes_on_round_off(dvc_repo, capsys):
+    commit_run_from_other_cpu(dvc_repo)
+    clean_checkout(dvc_repo)
+
+    assert check_repro.main([]) == 0
+    out = capsys.readouterr().out
+    assert "was made on AMD EPYC 7B13 (AuthenticAMD family 25 model 1), avx2 only" in out
+    assert "cpu.flags: ['avx2', 'fma'] -> " in out and ": comparing metrics (tolerances: continuous 0.0001" in out
+    assert "check_repro: OK, HEAD reproduces: metrics within tolerance" in out
+
+    # The same run compared bit for bit fails: the floats did differ, so the pass above is not vacuous.
+    clean_checkout(dvc_repo)
+    assert check_repro.main(["--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "mode: strict (--strict)" in out
+    assert "output differs: stage 'extract_features': data/features" in out
+    assert "output differs: stage 'prepare'" not in out and "output differs: stage 'weights'" not in out
+
+
+def test_real_regressions_fail_when_comparing_metrics(dvc_repo, capsys):
+    commit_run_from_other_cpu(dvc_repo)
+    path = dvc_repo / "metrics/eval/metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["accuracy"] = round(metrics["accuracy"] - 0.25, 6)
+    path.write_text(json.dumps(metrics, indent=4))
+    git(dvc_repo, "commit", "-q", "-am", "edit the published accuracy")
+
+    assert check_repro.main([]) == 1
+    out = capsys.readouterr().out
+    assert "comparing metrics" in out
+    assert "metric drift: metrics/eval/metrics.json: accuracy" in out and "> share tolerance 0.02" in out
+    assert "check_repro: FAILED, 1 finding(s)" in out  # prepare and weights still match their hashes
+
+    clean_checkout(dvc_repo)
+    update_params(dvc_repo, {"head": {"dropout": 0.3}})
+    with open(dvc_repo / "stages/evaluate.py", "a") as handle:
+        handle.write("\n# a code change that no dvc repro followed\n")
+    assert check_repro.main([]) == 1
+    out = capsys.readouterr().out
+    assert "comparing metrics" in out
+    assert "stale lock: stage 'train_head': param head.dropout modified (params.yaml)" in out
+    assert "stale lock: stage 'evaluate': dependency stages/evaluate.py modified" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "old", "new", "fails"),
+    [
+        ("loss", 0.1304, 0.1304 * (1 + 8e-7), False),  # round-off, as seen between Zen 3 and Zen 4
+        ("loss", 0.1304, 0.1404, True),
+        ("roc_auc", 0.9972, 0.99721, False),
+        ("accuracy", 0.95, 0.9375, False),  # one image of the demo's 80
+        ("accuracy", 0.95, 0.925, True),  # two images
+        ("per_class.3.recall", 1.0, 0.75, True),
+        ("epochs", 8, 8, False),
+        ("epochs", 8, 9, True),
+    ],
+)
+def test_metric_tolerances(name, old, new, fails):
+    diff = {"metrics/eval/metrics.json": {name: {"old": old, "new": new, "diff": new - old}}}
+    assert bool(check_repro.metric_findings(diff, None)) is fails

@@ -1,0 +1,75 @@
+"""The machine signature that decides whether output hashes can be compared bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bottleneck_clf import machine
+from stages import check_repro
+
+ZEN4 = {"cpu": {"vendor": "AuthenticAMD", "model_name": "AMD EPYC", "family": "25", "model": "17",
+                "flags": ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"],
+                "cores": 2},
+        "env": {"TF_ENABLE_ONEDNN_OPTS": None, "ONEDNN_MAX_CPU_ISA": None, "TF_NUM_INTRAOP_THREADS": None},
+        "versions": {"tensorflow": "2.21.0", "keras": "3.15.1", "numpy": "2.4.6"}}
+ZEN3 = {**ZEN4, "cpu": {**ZEN4["cpu"], "model": "1", "flags": ["avx2", "fma"]}}
+
+
+def test_signature_of_this_machine(monkeypatch):
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    sig = machine.signature()
+    assert set(sig) == {"cpu", "env", "versions"}
+    assert sig["cpu"]["cores"] >= 1 and set(sig["cpu"]["flags"]) <= set(machine.KERNEL_FLAGS)
+    assert sig["env"]["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    assert sig["versions"]["tensorflow"] and sig["versions"]["keras"] and sig["versions"]["numpy"]
+    assert machine.differences(sig, machine.signature()) == []
+
+
+def test_cpuinfo_fields_of_the_first_processor(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f amx_tile\n\n"
+                    "processor\t: 1\nvendor_id\t: Other\n")
+    fields = machine._cpuinfo(str(info))
+    assert fields["vendor_id"] == "GenuineIntel" and "amx_tile" in fields["flags"]
+    assert machine._cpuinfo(str(tmp_path / "absent")) == {}
+
+
+def test_describe_and_differences():
+    assert "avx2 only" in machine.describe(ZEN3)
+    assert "avx512f" in machine.describe(ZEN4) and "2 cores" in machine.describe(ZEN4)
+    assert machine.differences(ZEN3, ZEN4) == [
+        "cpu.flags: ['avx2', 'fma'] -> ['avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni', "
+        "'avx512_bf16']",
+        "cpu.model: 1 -> 17",
+    ]
+    newer = {**ZEN4, "versions": {**ZEN4["versions"], "tensorflow": "2.22.0"}}
+    assert machine.differences(ZEN4, newer) == ["versions.tensorflow: 2.21.0 -> 2.22.0"]
+
+
+def test_record_writes_the_signature(tmp_path):
+    path = machine.record(tmp_path / "metrics/machine", "train_head")
+    data = json.loads(path.read_text())
+    assert path.name == "train_head.json" and data["stage"] == "train_head"
+    assert data["cpu"] == machine.signature()["cpu"]
+
+
+@pytest.mark.parametrize(
+    ("requested", "records", "strict", "says"),
+    [
+        ("auto", {"train_head": ZEN4, "evaluate": ZEN4}, True, "mode: strict: every stage in dvc.lock"),
+        ("auto", {"train_head": ZEN4, "evaluate": ZEN3}, False, "stage 'evaluate' was made on AMD EPYC"),
+        ("auto", {"train_head": ZEN4, "evaluate": {}}, False, "was made on an unrecorded machine"),
+        ("auto", {}, False, "mode: no machine record committed with dvc.lock: comparing metrics"),
+        ("strict", {"train_head": ZEN3}, True, "mode: strict (--strict)"),
+        ("metrics", {"train_head": ZEN4}, False, "mode: --metrics-only: comparing metrics"),
+    ],
+)
+def test_choose_mode(requested, records, strict, says):
+    chosen, line = check_repro.choose_mode(requested, records, ZEN4)
+    assert chosen is strict
+    assert says in line
+    if not strict and requested == "auto" and records:
+        assert "avx2 only" in line or "unrecorded" in line
+        assert "tolerances: continuous 0.0001, share 0.02, count 0" in line
