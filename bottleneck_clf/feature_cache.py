@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from bottleneck_clf.weight_sources import cache_dir
+from bottleneck_clf.paths import cache_dir
 
 FINGERPRINT_FILE = "fingerprint.json"
 # A writer finishes an entry in milliseconds; a temporary file this old belongs to a killed process.
