@@ -1,29 +1,38 @@
 """A content-addressed store of per-image VGG16 features, so no image is encoded twice with the same settings.
 
 Key: the sha256 of the image file's bytes, inside a folder named by a fingerprint of everything that changes
-a feature (weights digest, architecture, image size, interpolation, preprocessing, pooling, precision,
+a feature (a digest of the code that makes it, weights digest, image size, interpolation, pooling, precision,
 batch size, library versions). Renaming or moving a file, or changing the split, keeps its entry; one
-changed byte or one changed setting is a miss.
+changed byte, one changed setting or one edited line of that code is a miss.
 
 It lives outside DVC on purpose (README, "Feature cache"): its content depends on the history of runs, not
 only on the current inputs, so as a DVC output it would make dvc.lock depend on that history.
+
+Several processes may use one cache at once (clones, queued experiments, a prune): entries appear by rename,
+a reader tolerates an entry vanishing, prune never removes a folder that is not empty, and a writer recreates
+a folder that prune removed under it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
-import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from bottleneck_clf.weight_sources import cache_dir
+from bottleneck_clf.paths import cache_dir
 
 FINGERPRINT_FILE = "fingerprint.json"
+# A writer finishes an entry in milliseconds; a temporary file this old belongs to a killed process.
+STALE_TMP_SECONDS = 3600
 
 
 def feature_cache_dir() -> Path:
@@ -37,71 +46,147 @@ def fingerprint_key(fingerprint: dict) -> str:
 
 
 class FeatureCache:
-    """One fingerprint's entries: `<root>/<key>/<sha[:2]>/<sha>.npy`, each written atomically."""
+    """One fingerprint's entries: `<root>/<key>/<sha[:2]>/<sha>.npy`, each written atomically.
+
+    A cache that cannot be written (read-only, full disk, not a folder) warns once and turns into a read-only
+    one: the run goes on and computes what it cannot store.
+    """
 
     def __init__(self, root: str | Path, fingerprint: dict):
         self.fingerprint = fingerprint
         self.key = fingerprint_key(fingerprint)
         self.directory = Path(root) / self.key
-        self.directory.mkdir(parents=True, exist_ok=True)
-        description = self.directory / FINGERPRINT_FILE
-        if not description.exists():
-            self._write(description, json.dumps(fingerprint, indent=2, sort_keys=True).encode())
+        self.writable = True
+        try:
+            self._make_directory()
+        except OSError as exc:
+            self._give_up_writing(exc)
 
     def path(self, sha256: str) -> Path:
         return self.directory / sha256[:2] / f"{sha256}.npy"
 
-    def get(self, sha256: str) -> np.ndarray | None:
+    def get(self, sha256: str, shape: tuple[int, ...], dtype=np.float32) -> np.ndarray | None:
+        """The entry, or None when it is missing, damaged or not of `shape` and `dtype`."""
         path = self.path(sha256)
         try:
             value = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            return None
         except (ValueError, OSError, EOFError):
-            # A damaged entry (disk full, foreign file) is a miss; the next put replaces it.
+            # Missing, or damaged (disk full, foreign file): a miss; the next put replaces it.
             return None
-        os.utime(path)  # the pruning age counts from the last use, not the first write
+        if value.shape != tuple(shape) or value.dtype != np.dtype(dtype):
+            # Assigned into the output it would broadcast silently; recomputing is the only safe answer.
+            return None
+        # The pruning age counts from the last use, not the first write. A prune may have removed the entry
+        # since np.load read it (or the cache is read-only): the value in hand is still right.
+        with contextlib.suppress(OSError):
+            os.utime(path)
         return value
 
     def put(self, sha256: str, value: np.ndarray) -> None:
+        if not self.writable:
+            return
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(value), allow_pickle=False)
         path = self.path(sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(value), allow_pickle=False)
-            # Concurrent writers of one key write identical bytes; the rename makes each appear whole.
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+            try:
+                self._write_in_place(path, buffer.getvalue())
+            except FileNotFoundError:
+                # A concurrent prune removed the (then empty) folders between our check and our write.
+                self._write_in_place(path, buffer.getvalue())
+        except OSError as exc:
+            self._give_up_writing(exc)
 
-    def _write(self, target: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    def _write_in_place(self, path: Path, data: bytes) -> None:
+        if not path.parent.is_dir():
+            self._make_directory()  # (again, if prune removed it since)
+            path.parent.mkdir(exist_ok=True)
+        write_atomically(path, data)
+
+    def _make_directory(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        description = self.directory / FINGERPRINT_FILE
+        if not description.exists():
+            write_atomically(description, json.dumps(self.fingerprint, indent=2, sort_keys=True).encode())
+
+    def _give_up_writing(self, exc: OSError) -> None:
+        self.writable = False
+        print(f"warning: feature cache {self.directory}: cannot write ({exc}); this run goes on without storing "
+              "features. Free space, or point BOTTLENECK_FEATURE_CACHE at a writable folder.", file=sys.stderr)
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        # Concurrent writers of one key write identical bytes; the rename makes each appear whole.
         os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
-def prune(root: str | Path, older_than_days: float | None = None, keep: set[str] | None = None) -> tuple[int, int]:
+class Pruned(NamedTuple):
+    entries: int  # .npy entries removed
+    leftovers: int  # temporary files of killed writers removed
+    freed: int  # bytes
+
+
+def prune(root: str | Path, older_than_days: float | None = None, keep: set[str] | None = None) -> Pruned:
     """Delete entries unused for `older_than_days` (all entries when None), sparing fingerprints in `keep`.
 
-    Returns (files removed, bytes freed).
+    Temporary files older than STALE_TMP_SECONDS (killed writers) go too; younger ones may be a live writer's.
+    Safe beside running readers and writers: files are unlinked one by one (a reader already holding an entry
+    keeps its value) and folders are removed only when empty (os.rmdir fails on a folder being written into).
     """
     root = Path(root)
     keep = keep or set()
-    cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
-    removed = freed = 0
-    if not root.exists():
-        return 0, 0
+    now = time.time()
+    cutoff = None if older_than_days is None else now - older_than_days * 86400
+    entries = leftovers = freed = 0
+    if not root.is_dir():
+        return Pruned(0, 0, 0)
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         if folder.name in keep:
             continue
-        for entry in folder.rglob("*.npy"):
-            stat = entry.stat()
-            if cutoff is None or stat.st_mtime < cutoff:
-                entry.unlink(missing_ok=True)
-                removed += 1
-                freed += stat.st_size
-        if not any(folder.rglob("*.npy")):
-            shutil.rmtree(folder, ignore_errors=True)
-    return removed, freed
+        try:
+            for path in folder.rglob("*.npy"):
+                size = _remove_if_older(path, cutoff)
+                entries, freed = entries + (size is not None), freed + (size or 0)
+            for path in folder.rglob(".*.tmp"):
+                size = _remove_if_older(path, now - STALE_TMP_SECONDS)
+                leftovers, freed = leftovers + (size is not None), freed + (size or 0)
+            _remove_if_empty(folder)
+        except FileNotFoundError:
+            continue  # a concurrent prune removed the folder under us
+    return Pruned(entries, leftovers, freed)
+
+
+def _remove_if_older(path: Path, cutoff: float | None) -> int | None:
+    """Unlink `path` if last modified before `cutoff` (always when None); its size, or None if kept or gone."""
+    try:
+        stat = path.stat()
+        if cutoff is not None and stat.st_mtime >= cutoff:
+            return None
+        path.unlink()
+    except FileNotFoundError:
+        return None  # a concurrent prune was first
+    return stat.st_size
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove the shard folders, then the fingerprint folder, each only if nothing but its description is left."""
+    for shard in folder.iterdir():
+        if shard.is_dir():
+            _rmdir(shard)
+    if any(p.name != FINGERPRINT_FILE for p in folder.iterdir()):
+        return
+    (folder / FINGERPRINT_FILE).unlink(missing_ok=True)
+    # A writer that started just now recreates the folder and its description (FeatureCache._write_in_place).
+    _rmdir(folder)
+
+
+def _rmdir(folder: Path) -> None:
+    # Not empty (a writer is filling it) or already gone: either way it is not ours to remove.
+    with contextlib.suppress(OSError):
+        folder.rmdir()

@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from bottleneck_clf.images import RESIZE_METHODS, load_rgb, resize
+from bottleneck_clf import images, vgg_weights
+from bottleneck_clf.feature_cache import FeatureCache
+from bottleneck_clf.images import decode_rgb, resize
 from bottleneck_clf.params import PRECISIONS
 from bottleneck_clf.vgg_weights import assign, build_conv_base, read_weights
 
 META_FILE = "meta.json"
+
+
+class ChangedImage(ValueError):
+    """An image file whose bytes are not those the manifest's sha256 names: it changed after `prepare`."""
+
+
+def source_digest(*objects) -> str:
+    """sha256 of the source code of modules, classes or functions: it changes with any edit to them."""
+    digest = hashlib.sha256()
+    for obj in objects:
+        digest.update(inspect.getsource(obj).encode("utf-8"))
+    return digest.hexdigest()[:20]
+
+
+def feature_code() -> tuple:
+    """The code a feature value goes through: decoding, EXIF, RGB rule, resize (images), batching, padding and
+    preprocessing (this module), the model build and weight reading (vgg_weights), and the stored form.
+
+    Whole modules, so an edit anywhere in them (a comment too) is a cache miss: the safe side.
+    """
+    return images, sys.modules[__name__], vgg_weights, FeatureCache
 
 
 def feature_shape(image_size: int, pooling: str) -> tuple[int, ...]:
@@ -55,12 +81,11 @@ def fingerprint(weights_digest: str, image_size: int, interpolation: str, poolin
     import tensorflow as tf
 
     return {
-        "architecture": "vgg16_notop",
+        # Not a name someone must remember to bump: a digest of the code itself (feature_code).
+        "code": source_digest(*feature_code()),
         "weights_digest": weights_digest,
         "image_size": image_size,
         "interpolation": interpolation,
-        "resize": f"tf.image.resize({RESIZE_METHODS[interpolation]}, antialias)",
-        "preprocessing": "keras.applications.vgg16.preprocess_input",
         "pooling": pooling,
         "precision": precision,
         # oneDNN may pick other kernels for another batch shape: equal to round-off, not bitwise.
@@ -69,40 +94,73 @@ def fingerprint(weights_digest: str, image_size: int, interpolation: str, poolin
     }
 
 
-def image_batches(paths: list[str], image_size: int, interpolation: str, batch_size: int):
-    """float32 batches of resized RGB images, decoded and resized on parallel threads while the model runs."""
+def read_checked(path: str, sha256: str | None) -> bytes:
+    """The file's bytes, checked against the manifest's sha256 (when given) before anyone decodes them."""
+    data = Path(path).read_bytes()
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        # Encoding it would store the new image's features under the old image's digest, for good.
+        raise ChangedImage(
+            f"{path}: changed since `prepare` hashed it (manifest sha256 {sha256[:12]}..., file now "
+            f"{hashlib.sha256(data).hexdigest()[:12]}...); run `dvc repro` (not a single stage) so that prepare "
+            "records the new bytes"
+        )
+    return data
+
+
+def image_batches(paths: list[str], image_size: int, interpolation: str, batch_size: int,
+                  digests: list[str] | None, changed: list[ChangedImage]):
+    """float32 batches of resized RGB images, decoded and resized on parallel threads while the model runs.
+
+    Each file is read once, and the very bytes decoded are checked against `digests`; a mismatch is appended
+    to `changed` (TensorFlow wraps exceptions from its threads into its own) and stops the dataset.
+    """
     import tensorflow as tf
 
-    def load(path: bytes) -> np.ndarray:
-        return load_rgb(path.decode("utf-8"))
+    def load(path: bytes, digest: bytes) -> np.ndarray:
+        try:
+            data = read_checked(path.decode("utf-8"), digest.decode("ascii"))
+        except ChangedImage as exc:
+            changed.append(exc)
+            raise
+        return np.asarray(decode_rgb(data), dtype=np.uint8)
 
-    def load_tensor(path):
-        image = tf.numpy_function(load, [path], tf.uint8, stateful=False)
+    def load_tensor(path, digest):
+        image = tf.numpy_function(load, [path, digest], tf.uint8, stateful=False)
         image.set_shape((None, None, 3))
         resized = resize(image, image_size, interpolation)
         resized.set_shape((image_size, image_size, 3))
         return resized
 
-    dataset = tf.data.Dataset.from_tensor_slices(tf.constant([str(p) for p in paths], dtype=tf.string))
+    digests = list(digests) if digests is not None else [""] * len(paths)
+    dataset = tf.data.Dataset.from_tensor_slices((tf.constant([str(p) for p in paths], dtype=tf.string),
+                                                  tf.constant(digests, dtype=tf.string)))
     dataset = dataset.map(load_tensor, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.batch(batch_size).prefetch(2)
 
 
-def iter_features(model, paths: list[str], image_size: int, interpolation: str, batch_size: int):
-    """float32 features of `paths`, one batch at a time, in order.
+def iter_features(model, paths: list[str], image_size: int, interpolation: str, batch_size: int,
+                  digests: list[str] | None = None):
+    """float32 features of `paths`, one batch at a time, in order; ChangedImage if a file is not `digests`.
 
     The last batch is padded to full size so that every image goes through the same kernels whatever its
     neighbours: that keeps a cached feature bitwise equal to a fresh one.
     """
     import keras
+    import tensorflow as tf
 
-    for batch in image_batches(paths, image_size, interpolation, batch_size):
-        images = batch.numpy()
-        n = len(images)
-        if n < batch_size:
-            images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), images.dtype)])
-        x = keras.applications.vgg16.preprocess_input(images.astype(np.float32, copy=False))
-        yield np.asarray(model.predict_on_batch(x), dtype=np.float32)[:n]
+    changed: list[ChangedImage] = []
+    try:
+        for batch in image_batches(paths, image_size, interpolation, batch_size, digests, changed):
+            pixels = batch.numpy()
+            n = len(pixels)
+            if n < batch_size:
+                pixels = np.concatenate([pixels, np.zeros((batch_size - n, *pixels.shape[1:]), pixels.dtype)])
+            x = keras.applications.vgg16.preprocess_input(pixels.astype(np.float32, copy=False))
+            yield np.asarray(model.predict_on_batch(x), dtype=np.float32)[:n]
+    except tf.errors.OpError:
+        if changed:
+            raise changed[0] from None  # the user's message, not TensorFlow's wrapper around it
+        raise
 
 
 def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, cache, image_size: int,
@@ -119,7 +177,10 @@ def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, 
     todo = []
     from_cache = 0
     for digest, rows in rows_of.items():
-        value = cache.get(digest) if cache is not None else None
+        value = cache.get(digest, out.shape[1:], out.dtype) if cache is not None else None
+        # Files not decoded below are checked here: a cached value is only right for unchanged bytes.
+        for row in rows if value is not None else rows[1:]:
+            read_checked(paths[row], digest)
         if value is None:
             todo.append(digest)
             continue
@@ -128,7 +189,7 @@ def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, 
     with tqdm(total=len(todo), desc=f"{desc} ({from_cache} from cache)", unit="img", mininterval=2.0) as bar:
         start = 0
         todo_paths = [paths[rows_of[d][0]] for d in todo]
-        for values in iter_features(model, todo_paths, image_size, interpolation, batch_size):
+        for values in iter_features(model, todo_paths, image_size, interpolation, batch_size, todo):
             for digest, value in zip(todo[start : start + len(values)], values, strict=True):
                 out[rows_of[digest]] = value
                 if cache is not None:

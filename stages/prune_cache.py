@@ -1,4 +1,7 @@
-"""Prune the feature cache: drop entries unused for a number of days, or everything."""
+"""Prune the feature cache: drop entries unused for a number of days, or everything.
+
+Safe while stages use the cache: it removes files one by one and only empty folders.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.all and args.older_than < 0:
         parser.error("--older-than must be >= 0")
     root = feature_cache_dir()
-    removed, freed = prune(root, None if args.all else args.older_than)
-    print(f"prune_cache: removed {removed} entries ({freed / 1e6:.1f} MB) from {root}")
+    pruned = prune(root, None if args.all else args.older_than)
+    print(f"prune_cache: removed {pruned.entries} entries and {pruned.leftovers} unfinished writes "
+          f"({pruned.freed / 1e6:.1f} MB) from {root}")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""The content-addressed feature cache: hits, misses, warm equals cold, concurrent writers, pruning."""
+"""The content-addressed feature cache: hits, misses, warm equals cold, concurrent writers, pruning, and
+features that cannot be stale (code digest in the key, re-hashed bytes, typed entries, failed writes)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +18,15 @@ import pytest
 from conftest import make_class_folders, update_params, write_image
 
 from bottleneck_clf.feature_cache import FeatureCache, fingerprint_key, prune
-from bottleneck_clf.features import build_extractor, fill_features, fingerprint, load_split
+from bottleneck_clf.features import (
+    ChangedImage,
+    build_extractor,
+    feature_code,
+    fill_features,
+    fingerprint,
+    load_split,
+    source_digest,
+)
 from stages import extract_features, prepare, prune_cache, weights
 
 BASE = dict(weights_digest="abc", image_size=32, interpolation="bilinear", pooling="avg", precision="float32",
@@ -39,10 +50,10 @@ def prepared(project):
 
 def test_put_get_round_trip(tmp_path):
     cache = FeatureCache(tmp_path, fingerprint(**BASE))
-    assert cache.get("ab" * 32) is None
+    assert cache.get("ab" * 32, (512,)) is None
     value = np.arange(512, dtype=np.float32)
     cache.put("ab" * 32, value)
-    np.testing.assert_array_equal(cache.get("ab" * 32), value)
+    np.testing.assert_array_equal(cache.get("ab" * 32, (512,)), value)
     assert (cache.directory / "fingerprint.json").exists()
 
 
@@ -56,14 +67,15 @@ def test_every_fingerprint_field_changes_the_key(tmp_path, field, value):
     before.put("cd" * 32, np.ones(4, np.float32))
     after = FeatureCache(tmp_path, fingerprint(**{**BASE, field: value}))
     assert after.key != before.key
-    assert after.get("cd" * 32) is None
+    assert before.get("cd" * 32, (4,)) is not None
+    assert after.get("cd" * 32, (4,)) is None
 
 
 def test_damaged_entry_is_a_miss(tmp_path):
     cache = FeatureCache(tmp_path, fingerprint(**BASE))
     cache.put("ef" * 32, np.ones(4, np.float32))
     cache.path("ef" * 32).write_bytes(b"\x93NUMPY garbage")
-    assert cache.get("ef" * 32) is None
+    assert cache.get("ef" * 32, (4,)) is None
 
 
 def test_warm_run_equals_cold_run_bitwise(prepared, capsys):
@@ -150,16 +162,206 @@ def test_prune_by_age_and_all(tmp_path, capsys, monkeypatch):
     new.put("bb" * 32, np.ones(8, np.float32))
     long_ago = time.time() - 40 * 86400
     os.utime(old.path("aa" * 32), (long_ago, long_ago))
-    removed, freed = prune(tmp_path, older_than_days=30)
-    assert removed == 1 and freed > 32
-    assert not old.directory.exists() and new.get("bb" * 32) is not None
-    assert prune(tmp_path, older_than_days=30, keep={new.key}) == (0, 0)
+    removed, leftovers, freed = prune(tmp_path, older_than_days=30)
+    assert removed == 1 and leftovers == 0 and freed > 32
+    assert not old.directory.exists() and new.get("bb" * 32, (8,)) is not None
+    assert prune(tmp_path, older_than_days=30, keep={new.key}) == (0, 0, 0)
 
     monkeypatch.setenv("BOTTLENECK_FEATURE_CACHE", str(tmp_path))
     prune_cache.main(["--all"])
-    assert "removed 1 entries" in capsys.readouterr().out
+    assert "removed 1 entries and 0 unfinished writes" in capsys.readouterr().out
     assert not any(tmp_path.rglob("*.npy"))
 
 
 def test_fingerprint_key_is_stable():
     assert fingerprint_key({"b": 1, "a": 2}) == fingerprint_key({"a": 2, "b": 1})
+
+
+# --- Features that cannot be stale -------------------------------------------------------------------------
+
+
+def run_extract_in(project: Path) -> tuple[int, int]:
+    """The stage in a fresh interpreter in `project`, so that the copy's own code is what runs."""
+    result = subprocess.run([sys.executable, "-m", "stages.extract_features"], cwd=project, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    encoded, cached = re.search(r"(\d+) encoded, (\d+) from the cache", result.stdout).groups()
+    return int(encoded), int(cached)
+
+
+def test_edited_feature_code_is_a_miss(prepared, capsys):
+    assert run_extract(capsys) == (20, 0)
+    assert run_extract_in(prepared) == (0, 20)  # the same code in another interpreter: the same key
+    images = prepared / "bottleneck_clf/images.py"
+    # Changes no feature, but nobody bumped anything: only a digest of the code can notice the edit.
+    images.write_text(images.read_text() + "\n\ndef unused_helper():\n    return None\n")
+    assert run_extract_in(prepared) == (20, 0)
+
+
+def test_frozen_maps_key_follows_their_code(tmp_path, tiny_weights):
+    from bottleneck_clf.finetune import FrozenMaps, map_shape, recipe, split_layer
+    from bottleneck_clf.vgg_weights import read_weights
+
+    plan = recipe({"image_size": 32, "interpolation": "bilinear", "pooling": "avg", "precision": "float32",
+                   "batch_size": 4}, 1)
+    frozen = FrozenMaps(read_weights(tiny_weights), plan, tmp_path)
+    assert frozen.cache.fingerprint["frozen_maps_code"] == source_digest(FrozenMaps, split_layer, map_shape)
+    assert frozen.cache.fingerprint["code"] == source_digest(*feature_code())
+
+
+def digests_of(paths: list[str]) -> list[str]:
+    return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["encoded", "from-cache"])
+def test_image_changed_after_prepare_stops_extract(prepared, capsys, feature_cache, warm):
+    if warm:
+        assert run_extract(capsys) == (20, 0)
+    raw = prepared / "data/raw"
+    manifest_digest = hashlib.sha256((raw / "cats/003.png").read_bytes()).hexdigest()
+    write_image(raw / "cats/003.png", (1, 2, 3), seed=777)  # `dvc repro -s extract_features` after this
+    with pytest.raises(ChangedImage, match=r"^\S*data/raw/cats/003\.png: changed since `prepare`.*run `dvc repro`"):
+        extract_features.main()
+    if not warm:
+        stored = {p.stem for p in feature_cache.rglob("*.npy")}
+        assert manifest_digest not in stored, "the new bytes' features were stored under the old digest"
+
+
+def test_image_changed_after_prepare_stops_frozen_maps(tmp_path, tiny_weights):
+    from bottleneck_clf.finetune import FrozenMaps, recipe
+    from bottleneck_clf.vgg_weights import read_weights
+
+    raw = make_class_folders(tmp_path / "raw", per_class=3)
+    paths = [str(p) for p in sorted(raw.rglob("*.png"))]
+    digests = digests_of(paths)
+    write_image(Path(paths[4]), (9, 9, 9), seed=99)
+    plan = recipe({"image_size": 32, "interpolation": "bilinear", "pooling": "avg", "precision": "float32",
+                   "batch_size": 4}, 1)
+    frozen = FrozenMaps(read_weights(tiny_weights), plan, tmp_path / "cache")
+    with pytest.raises(ChangedImage, match=re.escape(paths[4]) + ": changed since `prepare`"):
+        frozen.compute(paths, digests, tmp_path / "maps.npy", desc="frozen")
+    assert not (frozen.cache.directory / digests[4][:2] / f"{digests[4]}.npy").exists()
+
+
+def test_wrong_shape_or_dtype_is_a_miss(tmp_path):
+    cache = FeatureCache(tmp_path, fingerprint(**BASE))
+    cache.put("aa" * 32, np.ones(1, np.float32))  # e.g. written by an older, buggy version
+    cache.put("bb" * 32, np.ones(512, np.float64))
+    assert cache.get("aa" * 32, (512,)) is None
+    assert cache.get("bb" * 32, (512,)) is None
+    assert cache.get("bb" * 32, (512,), np.float64) is not None
+
+
+def test_wrong_shape_entry_is_recomputed_not_broadcast(tmp_path, tiny_weights):
+    raw = make_class_folders(tmp_path / "raw", per_class=2)
+    paths = [str(p) for p in sorted(raw.rglob("*.png"))]
+    digests = digests_of(paths)
+    model = build_extractor(tiny_weights, 32, "avg")
+    fresh = np.zeros((len(paths), 512), np.float32)
+    fill_features(model, paths, digests, fresh, None, 32, "bilinear", 4)
+    cache = FeatureCache(tmp_path / "cache", fingerprint(**BASE))
+    for digest in digests:
+        cache.put(digest, np.full(1, 7.0, np.float32))  # would broadcast into a whole row
+    out = np.zeros_like(fresh)
+    assert fill_features(model, paths, digests, out, cache, 32, "bilinear", 4) == (len(paths), 0)
+    np.testing.assert_array_equal(out, fresh)
+    assert cache.get(digests[0], (512,)) is not None  # replaced by the right value
+
+
+def warnings_in(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning: feature cache")]
+
+
+def test_cache_that_is_not_a_folder_warns_once_and_the_stage_finishes(prepared, capsys, monkeypatch, tmp_path):
+    not_a_folder = tmp_path / "cache-file"
+    not_a_folder.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("BOTTLENECK_FEATURE_CACHE", str(not_a_folder))
+    extract_features.main()
+    captured = capsys.readouterr()
+    assert "20 encoded, 0 from the cache" in captured.out
+    assert len(warnings_in(captured.err)) == 1, captured.err
+    assert "BOTTLENECK_FEATURE_CACHE" in warnings_in(captured.err)[0]
+    assert load_split(prepared / "data/features", "train")[0].shape == (12, 512)
+
+
+def test_full_disk_warns_once_and_the_stage_finishes(prepared, capsys, monkeypatch, feature_cache):
+    real_replace = os.replace
+
+    def replace(source, target):
+        if Path(target).is_relative_to(feature_cache):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    extract_features.main()
+    captured = capsys.readouterr()
+    assert "20 encoded, 0 from the cache" in captured.out
+    assert len(warnings_in(captured.err)) == 1, captured.err
+    assert "No space left on device" in captured.err
+    assert not list(feature_cache.rglob("*.npy")) and not list(feature_cache.rglob("*.tmp"))
+    assert load_split(prepared / "data/features", "train")[0].shape == (12, 512)
+
+
+def test_entry_pruned_while_being_read_is_still_returned(tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path, fingerprint(**BASE))
+    cache.put("aa" * 32, np.arange(8, dtype=np.float32))
+    real_utime = os.utime
+
+    def prune_first(path, *args, **kwargs):  # prune runs between the reader's np.load and its utime
+        prune(tmp_path)
+        real_utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "utime", prune_first)
+    np.testing.assert_array_equal(cache.get("aa" * 32, (8,)), np.arange(8, dtype=np.float32))
+
+
+def test_prune_spares_a_folder_being_written_into(tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path, fingerprint(**BASE))  # a writer that has stored nothing yet
+    real_replace = os.replace
+    pruned = []
+
+    def prune_first(source, target):  # prune runs while the writer's temporary file is complete
+        if not pruned:
+            pruned.append(prune(tmp_path))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", prune_first)
+    cache.put("aa" * 32, np.ones(8, np.float32))
+    assert pruned == [(0, 0, 0)]
+    assert cache.writable
+    np.testing.assert_array_equal(cache.get("aa" * 32, (8,)), np.ones(8, np.float32))
+
+
+def test_writer_recreates_folders_pruned_under_it(tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path, fingerprint(**BASE))
+    real_mkstemp = tempfile.mkstemp
+    pruned = []
+
+    def prune_first(*args, **kwargs):  # prune runs between the writer's mkdir and its temporary file
+        if not pruned:
+            pruned.append(prune(tmp_path))
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", prune_first)
+    cache.put("aa" * 32, np.ones(8, np.float32))
+    assert pruned and cache.writable
+    np.testing.assert_array_equal(cache.get("aa" * 32, (8,)), np.ones(8, np.float32))
+    assert (cache.directory / "fingerprint.json").exists()
+
+
+def test_prune_removes_stale_temporary_files_only(tmp_path, capsys, monkeypatch):
+    cache = FeatureCache(tmp_path, fingerprint(**BASE))
+    cache.put("aa" * 32, np.ones(8, np.float32))
+    shard = cache.path("aa" * 32).parent
+    killed = shard / f".{'bb' * 32}.npy.k1ll3d.tmp"  # a writer killed before its rename
+    killed.write_bytes(b"half an entry")
+    long_ago = time.time() - 2 * 3600
+    os.utime(killed, (long_ago, long_ago))
+    live = shard / f".{'cc' * 32}.npy.l1v3.tmp"  # a writer busy right now
+    live.write_bytes(b"being written")
+    assert prune(tmp_path, older_than_days=30) == (0, 1, len(b"half an entry"))
+    assert not killed.exists() and live.exists() and cache.path("aa" * 32).exists()
+    monkeypatch.setenv("BOTTLENECK_FEATURE_CACHE", str(tmp_path))
+    prune_cache.main(["--all"])
+    assert "removed 1 entries and 0 unfinished writes" in capsys.readouterr().out
+    assert live.exists(), "prune --all removed a live writer's file"
