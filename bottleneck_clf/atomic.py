@@ -37,10 +37,12 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder beside `target`; it replaces `target` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # A killed run (kill -9 skips the cleanup below) leaves its half-written folder; DVC runs one stage
-    # at a time per repository, so any such leftover is stale.
-    for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    # A killed run (kill -9 skips the cleanup below) leaves its half-written folder, or, killed between the
+    # two renames, the previous output as `.old-<pid>`; DVC runs one stage at a time per repository, so any
+    # such leftover is stale.
+    for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
+        for stale in target.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp

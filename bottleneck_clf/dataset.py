@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import math
 from collections import Counter, defaultdict
@@ -142,6 +143,32 @@ def check_split_sizes(counts: Counter, validation_fraction: float, test_fraction
                 f"prepare.test_fraction={test_fraction} each class needs at least {need}. Add images to "
                 f"'{label}', remove its folder, or change the fractions."
             )
+
+
+def check_presplit_classes(entries: list[Entry], root: Path) -> None:
+    """Every class must have images in every split the layout has; else name the odd folder and the fix.
+
+    A class folder in one split only is most often a typo (`validation/Dogs` beside `train/dogs`), and would
+    otherwise become a class the head never trains on, or one that is never validated.
+    """
+    splits = [s for s in SPLITS if any(e.split == s for e in entries)]
+    found: dict[str, set[str]] = defaultdict(set)
+    for e in entries:
+        found[e.label].add(e.split)
+    # The class in the fewest splits first: that is the typo, not the classes that lack it.
+    for label in sorted(found, key=lambda k: (len(found[k]), k)):
+        missing = [s for s in splits if s not in found[label]]
+        if not missing:
+            continue
+        have = [s for s in splits if s in found[label]]
+        like = difflib.get_close_matches(label, [k for k in found if k != label], n=1, cutoff=0.6)
+        typo = f" (of '{like[0]}'?)" if like else ""
+        raise ValueError(
+            f"{root / have[0] / label}: class '{label}' has usable images in {', '.join(s + '/' for s in have)} "
+            f"but none in {', '.join(s + '/' for s in missing)}; every class needs images in each of "
+            f"{', '.join(s + '/' for s in splits)}. Rename the folder if '{label}' is a typo{typo}, add images "
+            f"to {root / missing[0] / label}, or remove the class."
+        )
 
 
 def write_manifest(entries: list[Entry], target: Path) -> None:

@@ -32,7 +32,8 @@ VGG16_CONV_LAYERS: tuple[tuple[str, int, int], ...] = (
 )
 LAYER_NAMES = tuple(name for name, _, _ in VGG16_CONV_LAYERS)
 
-# The ImageNet release, over all 13 layers, kernel then bias, float32 little-endian (DEVELOPERS.md).
+# weights_digest of the ImageNet release's 13 conv layers; where it comes from and how to recheck it is in
+# README.md, section "Weights".
 IMAGENET_DIGEST = "d9a27cc1fc7f975ef8cff49180e794ccd7c4bc868ebb49740803b3bbaa8dbefd"
 
 ConvWeights = dict[str, tuple[np.ndarray, np.ndarray]]

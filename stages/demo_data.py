@@ -1,37 +1,98 @@
 """Write a small real image set into data/raw: scikit-learn's bundled 8x8 digits, upscaled to PNG.
 
 A fresh machine may reach only the package registries, so the demo uses data that an installed package
-ships. It never touches a data/raw that holds anything but an earlier demo.
+ships. It never touches a data/raw that holds anything but an earlier demo: it deletes only the files its
+marker lists, and only when every file there still has the bytes it wrote.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from bottleneck_clf.atomic import atomic_path, write_json
 from bottleneck_clf.images import list_files
 
-MARKER = ".demo-digits"  # hidden, so prepare ignores it; tells a demo folder from the user's images
+# Hidden, so prepare ignores it. JSON: every file the demo wrote, with its sha256, so that a rerun can prove
+# a file is its own and unchanged before deleting it.
+MARKER = ".demo-digits"
+SHOWN = 5  # files named in a refusal; the rest are counted
 
 
-def write_digits(raw: Path, per_class: int, size: int) -> int:
-    """Save up to `per_class` digits of each class as `<raw>/<digit>/<n>.png`; returns the count."""
+def render_digits(per_class: int, size: int) -> dict[str, bytes]:
+    """PNG bytes of up to `per_class` digits of each class, keyed by their path `<digit>/<n>.png`."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    written = 0
+    files = {}
     for label in range(10):
-        folder = raw / str(label)
-        folder.mkdir(parents=True, exist_ok=True)
         for n, pixels in enumerate(digits.images[digits.target == label][:per_class]):
             gray = np.round(pixels * (255.0 / 16.0)).astype(np.uint8)
             image = Image.fromarray(gray, "L").resize((size, size), Image.Resampling.BICUBIC)
-            image.save(folder / f"{n:03d}.png", optimize=False)
-            written += 1
-    return written
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", optimize=False)
+            files[f"{label}/{n:03d}.png"] = buffer.getvalue()
+    return files
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_marker(raw: Path) -> dict[str, str]:
+    """{path: sha256} of the files an earlier demo wrote; refuses a marker without that list."""
+    try:
+        files = json.loads((raw / MARKER).read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError):
+        files = None
+    if not isinstance(files, dict):
+        raise SystemExit(
+            f"{raw / MARKER} does not list the files the demo wrote (an older demo made it), so the demo cannot "
+            f"tell its images from yours and deletes nothing. If {raw} holds only the demo, delete it and rerun."
+        )
+    return files
+
+
+def not_removable(raw: Path, written: dict[str, str]) -> list[str]:
+    """Lines naming each visible file under `raw` that is not an unchanged file of the earlier demo."""
+    problems = []
+    for relative in list_files(raw):
+        key = relative.as_posix()
+        if key not in written:
+            problems.append(f"{raw / relative}: not written by the demo")
+        elif sha256((raw / relative).read_bytes()) != written[key]:
+            problems.append(f"{raw / relative}: changed since the demo wrote it")
+    return problems
+
+
+def remove_earlier_demo(raw: Path) -> None:
+    """Delete the earlier demo's files, all of them or (when any file is not provably its own) none."""
+    written = read_marker(raw)
+    problems = not_removable(raw, written)
+    if problems:
+        more = f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
+        raise SystemExit(
+            f"{raw} holds an earlier demo, but {len(problems)} file(s) there are not the demo's own:\n  "
+            + "\n  ".join(problems[:SHOWN]) + more + "\n"
+            f"Nothing was deleted. Move those files out of {raw} and rerun, or pass --out to another folder."
+        )
+    for key in written:
+        (raw / key).unlink(missing_ok=True)
+
+
+def write_demo(raw: Path, files: dict[str, bytes]) -> None:
+    # The list goes first: a run killed halfway leaves only files that the list vouches for.
+    write_json(raw / MARKER, {"written_by": "python -m stages.demo_data",
+                              "files": {key: sha256(data) for key, data in files.items()}})
+    for key, data in files.items():
+        with atomic_path(raw / key) as tmp:
+            tmp.write_bytes(data)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,14 +113,12 @@ def main(argv: list[str] | None = None) -> None:
             f"{raw} already holds {len(list_files(raw))} files that are not the demo; the demo never "
             "overwrites your images. Move them away or pass --out to another folder."
         )
+    files = render_digits(args.per_class, args.size)
     if (raw / MARKER).exists():
         # A new run replaces the old demo wholesale, so --per-class can shrink it.
-        for path in list_files(raw):
-            (raw / path).unlink()
-    raw.mkdir(parents=True, exist_ok=True)
-    (raw / MARKER).write_text("written by python -m stages.demo_data\n", encoding="utf-8")
-    count = write_digits(raw, args.per_class, args.size)
-    print(f"demo_data: wrote {count} digit images (10 classes, {args.size}x{args.size} PNG) into {raw}")
+        remove_earlier_demo(raw)
+    write_demo(raw, files)
+    print(f"demo_data: wrote {len(files)} digit images (10 classes, {args.size}x{args.size} PNG) into {raw}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from bottleneck_clf.dataset import (
     Entry,
     assign_splits,
     check_images,
+    check_presplit_classes,
     check_split_sizes,
     class_names,
     counts_by_split,
@@ -65,13 +66,13 @@ def prepare(raw: Path, layout: str, validation_fraction: float, test_fraction: f
     require_classes([c.label for c, _ in good], raw, "after skipping unusable files")
 
     if layout == "pre_split":
-        entries = presplit_entries(good)
+        entries = presplit_entries(good, raw)
     else:
         entries = assign_splits(good, validation_fraction, test_fraction, seed)
     return entries, sorted(bad), layout
 
 
-def presplit_entries(good) -> list[Entry]:
+def presplit_entries(good, raw: Path) -> list[Entry]:
     """Keep the user's split; identical files in two splits would leak, so all copies join the first split."""
     first: dict[str, str] = {}
     for candidate, digest in sorted(good, key=lambda item: SPLITS.index(item[0].split)):
@@ -79,7 +80,9 @@ def presplit_entries(good) -> list[Entry]:
     for split in ("train", "validation"):
         if split not in first.values():
             raise ValueError(f"the pre-split layout has no usable images in {split}/")
-    return [Entry(c.path, d, c.label, first[d]) for c, d in good]
+    entries = [Entry(c.path, d, c.label, first[d]) for c, d in good]
+    check_presplit_classes(entries, raw)
+    return entries
 
 
 def data_report(entries: list[Entry], bad: list[tuple[str, str]], layout: str) -> dict:

@@ -37,3 +37,37 @@ def test_never_overwrites_user_images(tmp_path):
         demo_data.main(["--out", str(raw), "--per-class", "2"])
     assert (raw / "cats" / "mine.jpg").read_bytes() == b"precious"
     assert list_files(raw) == [list_files(raw)[0]]
+
+
+def snapshot(raw):
+    return {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
+
+
+def test_rerun_keeps_an_image_the_user_added_to_the_demo_folder(tmp_path):
+    raw = tmp_path / "raw"
+    demo_data.main(["--out", str(raw), "--per-class", "2"])
+    (raw / "7" / "mine.png").write_bytes(b"my own seven")
+    before = snapshot(raw)
+    with pytest.raises(SystemExit, match=r"(?s)7/mine\.png: not written by the demo.*Nothing was deleted"):
+        demo_data.main(["--out", str(raw), "--per-class", "2"])
+    assert snapshot(raw) == before
+
+
+def test_rerun_refuses_when_a_demo_file_was_changed(tmp_path):
+    raw = tmp_path / "raw"
+    demo_data.main(["--out", str(raw), "--per-class", "2"])
+    (raw / "0" / "000.png").write_bytes(b"edited by the user")
+    before = snapshot(raw)
+    with pytest.raises(SystemExit, match=r"0/000\.png: changed since the demo wrote it"):
+        demo_data.main(["--out", str(raw), "--per-class", "3"])
+    assert snapshot(raw) == before
+
+
+def test_marker_without_a_file_list_deletes_nothing(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "cats").mkdir(parents=True)
+    (raw / "cats" / "mine.jpg").write_bytes(b"precious")
+    (raw / demo_data.MARKER).write_text("written by python -m stages.demo_data\n")  # an older demo's marker
+    with pytest.raises(SystemExit, match="does not list the files the demo wrote"):
+        demo_data.main(["--out", str(raw), "--per-class", "2"])
+    assert (raw / "cats" / "mine.jpg").read_bytes() == b"precious"

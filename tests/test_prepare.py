@@ -60,6 +60,27 @@ def test_presplit_layout_is_kept(project):
     assert report["counts"]["test"] == {"cats": 2, "dogs": 2}
 
 
+def test_presplit_class_in_one_split_only_names_the_folder(project):
+    raw = make_presplit_folders(project / "data/raw", {"train": 4, "validation": 2})
+    (raw / "validation/dogs").rename(raw / "validation/Dogs")  # a typo: the class now misses validation
+    with pytest.raises(ValueError) as error:
+        prepare.main()
+    message = str(error.value)
+    assert message.startswith("data/raw/validation/Dogs: class 'Dogs' has usable images in validation/ "
+                              "but none in train/")
+    assert "typo (of 'dogs'?)" in message
+    assert not (project / "data/prepared").exists()
+
+
+def test_presplit_class_missing_from_test_is_refused(project):
+    raw = make_presplit_folders(project / "data/raw", {"train": 4, "validation": 2, "test": 2})
+    for path in (raw / "test/cats").iterdir():
+        path.unlink()
+    with pytest.raises(ValueError, match=r"^data/raw/train/cats: class 'cats' has usable images in train/, validation/ "
+                                         r"but none in test/"):
+        prepare.main()
+
+
 def test_zero_test_fraction_makes_no_test_split(project):
     make_class_folders(project / "data/raw", per_class=5)
     update_params(project, {"prepare": {"test_fraction": 0.0}})

