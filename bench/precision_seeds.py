@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
     args = parser.parse_args()
     from bottleneck_clf.features import load_meta, load_split
-    from bottleneck_clf.head import probabilities, seed_everything
+    from bottleneck_clf.head import probabilities, seed_everything, stopping_sets
     from stages.evaluate import predict_labels
     from stages.train_head import train_head
 
@@ -67,8 +67,9 @@ def main() -> None:
         accuracy[precision] = []
         for seed in args.seeds:
             seed_everything(seed)
-            model, _ = train_head(train, validation, n_classes, head["units"], head["dropout"], head["optimizer"],
-                                  head["learning_rate"], head["epochs"], head["batch_size"], head["patience"], seed)
+            # Early stopping on a slice of training, as the pipeline does: validation stays unseen.
+            fit, stop, _ = stopping_sets(train, validation, False, head["early_stopping_fraction"], seed)
+            model, _, _ = train_head(fit, stop, n_classes, head, seed)
             predicted = predict_labels(probabilities(model, validation[0]), 0.5)
             accuracy[precision].append(float(np.mean(predicted == validation[1])))
     print("\n== validation accuracy (%) by seed ==")

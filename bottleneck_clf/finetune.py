@@ -80,32 +80,21 @@ def augmentation(flip: bool, rotation: float, zoom: float, seed: int) -> keras.S
     return keras.Sequential(steps, name="augmentation")
 
 
-def compile_top(model, n_classes: int, learning_rate: float, momentum: float) -> None:
-    loss = "binary_crossentropy" if n_classes == 2 else "sparse_categorical_crossentropy"
-    model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=momentum), loss=loss, metrics=["accuracy"])
+def finetune(fit: tuple, stop: tuple, top: keras.Model, n_classes: int, settings: dict, seed: int,
+             callbacks: list | None = None) -> tuple[dict, int]:
+    """Train `top` on (maps, labels, rows) with augmentation in front; returns (history, kept epoch).
 
-
-def finetune(train, validation, top: keras.Model, n_classes: int, learning_rate: float, momentum: float,
-             epochs: int, batch_size: int, patience: int, flip: bool, rotation: float, zoom: float, seed: int,
-             callbacks: list | None = None):
-    """Train `top` on (maps, labels) pairs with augmentation in front; returns keras History.
-
-    `top` itself is trained in place and holds the best epoch's weights afterwards when patience > 0.
+    `top` itself is trained in place and holds the kept epoch's weights afterwards.
     """
-    from bottleneck_clf.head import FeatureBatches
+    from bottleneck_clf.head import fit_kept, loss_for
 
     inputs = keras.Input(shape=top.input_shape[1:], name="frozen_maps")
-    model = keras.Model(inputs, top(augmentation(flip, rotation, zoom, seed)(inputs)), name="finetune")
-    compile_top(model, n_classes, learning_rate, momentum)
-    callbacks = list(callbacks or [])
-    if patience > 0:
-        callbacks.insert(0, keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience, restore_best_weights=True, verbose=1))
-    return model.fit(
-        FeatureBatches(*train, batch_size=batch_size, shuffle=True, seed=seed),
-        validation_data=FeatureBatches(*validation, batch_size=batch_size, shuffle=False, seed=seed),
-        epochs=epochs, callbacks=callbacks, verbose=2,
-    )
+    augment = augmentation(settings["flip"], settings["rotation"], settings["zoom"], seed)
+    model = keras.Model(inputs, top(augment(inputs)), name="finetune")
+    model.compile(optimizer=keras.optimizers.SGD(settings["learning_rate"], momentum=settings["momentum"]),
+                  loss=loss_for(n_classes), metrics=["accuracy"])
+    return fit_kept(model, fit, stop, settings["epochs"], settings["batch_size"], settings["patience"], seed,
+                    callbacks)
 
 
 def recipe(extract: dict, blocks: int) -> dict:

@@ -52,9 +52,12 @@ def make_optimizer(name: str, learning_rate: float):
     raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
 
 
+def loss_for(n_classes: int) -> str:
+    return "binary_crossentropy" if is_binary(n_classes) else "sparse_categorical_crossentropy"
+
+
 def compile_head(model, n_classes: int, optimizer: str, learning_rate: float) -> None:
-    loss = "binary_crossentropy" if is_binary(n_classes) else "sparse_categorical_crossentropy"
-    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss, metrics=["accuracy"])
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss_for(n_classes), metrics=["accuracy"])
 
 
 def probabilities(model, features: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -70,26 +73,26 @@ def probabilities(model, features: np.ndarray, batch_size: int = 256) -> np.ndar
 
 
 class FeatureBatches(keras.utils.PyDataset):
-    """Batches read from memory-mapped features, reshuffled each epoch from the seed.
+    """Batches read from memory-mapped features (only `rows` of them, when given), reshuffled each epoch.
 
     Only one batch of features is in memory at a time, whatever the size of the split.
     """
 
-    def __init__(self, features, labels, batch_size: int, shuffle: bool, seed: int):
+    def __init__(self, features, labels, rows=None, *, batch_size: int, shuffle: bool, seed: int):
         super().__init__()
         self.features, self.labels = features, labels
+        self.rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch = 0
         self.order = self._order()
 
     def _order(self) -> np.ndarray:
-        n = len(self.labels)
         if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(n)
+            return self.rows
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.rows)
 
     def __len__(self) -> int:
-        return int(np.ceil(len(self.labels) / self.batch_size))
+        return int(np.ceil(len(self.rows) / self.batch_size))
 
     def __getitem__(self, index: int):
         # Sorted rows read the memory map front to back; order inside a batch does not change the gradient.
@@ -99,3 +102,69 @@ class FeatureBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = self._order()
+
+
+# A reported score must come from images that no training choice looked at. Early stopping (and the
+# epoch it keeps) is such a choice, so it watches validation only when a test split is what evaluate
+# reports; otherwise it watches a stratified, seeded slice of the training split.
+STOP_SLICE = "train slice"
+
+
+def stopping_rows(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows to fit, rows to stop on): `fraction` of each class, at least one, never a class's last image."""
+    rng = np.random.default_rng([seed, 7])
+    stop = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        take = min(len(rows) - 1, max(1, round(fraction * len(rows))))
+        stop.extend(rng.permutation(rows)[:take].tolist())
+    stop_rows = np.sort(np.array(stop, np.int64))
+    return np.setdiff1d(np.arange(len(labels)), stop_rows), stop_rows
+
+
+def stopping_sets(train: tuple, validation: tuple, has_test: bool, fraction: float, seed: int):
+    """((features, labels, rows) to fit, the same to stop on, what the stop set is) for one training run."""
+    if has_test:
+        return (*train, None), (*validation, None), "validation"
+    fit_rows, stop_rows = stopping_rows(np.asarray(train[1]), fraction, seed)
+    if len(stop_rows) == 0:
+        raise ValueError("head.early_stopping_fraction: no class has two training images to spare one for early "
+                         "stopping; add images, or let prepare make a test split (prepare.test_fraction)")
+    return (*train, fit_rows), (*train, stop_rows), STOP_SLICE
+
+
+def fit_kept(model, fit: tuple, stop: tuple, epochs: int, batch_size: int, patience: int, seed: int,
+             callbacks: list | None = None, stop_batch_size: int | None = None) -> tuple[dict, int]:
+    """Fit with early stopping on `stop`; returns (history per epoch, index of the epoch whose weights are kept)."""
+    callbacks = list(callbacks or [])
+    stopper = None
+    if patience > 0:
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True,
+                                                verbose=1)
+        # First, so that the best weights are back before the loggers close.
+        callbacks.insert(0, stopper)
+    history = model.fit(
+        FeatureBatches(*fit, batch_size=batch_size, shuffle=True, seed=seed),
+        validation_data=FeatureBatches(*stop, batch_size=stop_batch_size or batch_size, shuffle=False, seed=seed),
+        epochs=epochs, callbacks=callbacks, verbose=2,
+    ).history
+    # Without early stopping the last epoch is what gets saved.
+    kept = stopper.best_epoch if stopper is not None else len(history["loss"]) - 1
+    return history, int(kept)
+
+
+def kept_summary(history: dict, kept: int, stop_images: int) -> dict:
+    """metrics.json of a training stage: the saved epoch's figures, not the last epoch's."""
+    return {
+        "epochs_run": len(history["loss"]),
+        "best_epoch": kept + 1,
+        "train": {"loss": float(history["loss"][kept]), "accuracy": float(history["accuracy"][kept])},
+        "eval": {"loss": float(history["val_loss"][kept]), "accuracy": float(history["val_accuracy"][kept])},
+        "early_stopping_images": int(stop_images),
+    }
+
+
+def kept_message(summary: dict, stop_name: str) -> str:
+    return (f"{summary['epochs_run']} epochs, saved epoch {summary['best_epoch']}: {stop_name} loss "
+            f"{summary['eval']['loss']:.4f}, accuracy {summary['eval']['accuracy']:.4f} "
+            f"({summary['early_stopping_images']} images)")

@@ -107,6 +107,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "epochs": Int(1, 100000),
         "batch_size": Int(1, 65536),
         "patience": Int(0, 100000),
+        "early_stopping_fraction": Float(0.0, 0.5, low_open=True),
     },
     "finetune": {
         "enabled": Bool(),

@@ -102,7 +102,7 @@ def allowed_change(name: str, old: float, new: float, tolerance: float | None) -
         return tolerance, f"tolerance {tolerance:g}"
     if all(isinstance(v, int) for v in (old, new)):
         return TOLERANCES["count"], f"count tolerance {TOLERANCES['count']:g}"
-    if any(word in name.rsplit(".", 1)[-1].lower() for word in SHARE_WORDS):
+    if any(word in name.lower() for word in SHARE_WORDS):
         return TOLERANCES["share"], f"share tolerance {TOLERANCES['share']:g}"
     rtol = TOLERANCES["continuous"]
     return rtol * max(abs(old), abs(new), 1e-12), f"relative tolerance {rtol:g}"

@@ -43,6 +43,17 @@ def predict_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
     return probs.argmax(axis=1)
 
 
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion: stays inside [0, 1] and is honest near 100 %."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    center = (p + z * z / (2 * trials)) / denominator
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return float(max(0.0, center - half)), float(min(1.0, center + half))
+
+
 def evaluate(probs: np.ndarray, labels: np.ndarray, classes: list[str], threshold: float) -> dict:
     """Accuracy, log loss, per-class precision/recall/F1, macro F1, and ROC AUC for two classes."""
     from sklearn.metrics import accuracy_score, log_loss, precision_recall_fscore_support, roc_auc_score
@@ -56,6 +67,8 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, classes: list[str], threshol
         "split": None,
         "images": int(len(labels)),
         "accuracy": float(accuracy_score(labels, predicted)),
+        "accuracy_ci95": dict(zip(("low", "high"), wilson_interval(int(np.sum(predicted == labels)), len(labels)),
+                                  strict=True)),
         # float32 softmax sums drift from 1 by ~1e-7; sklearn wants exact probabilities.
         "loss": float(log_loss(labels, probs / probs.sum(axis=1, keepdims=True), labels=indices)),
         "macro_f1": float(np.mean(f1)),
@@ -141,7 +154,9 @@ def main() -> None:
     draw_gallery(mistakes, out / "plots" / GALLERY,
                  f"Most confident mistakes of the {model_name} model on the {split} split ({len(mistakes)} shown)")
     auc = f", ROC AUC {metrics['roc_auc']:.4f}" if "roc_auc" in metrics else ""
-    print(f"evaluate: {model_name} model, {split} split, {len(labels)} images: accuracy {metrics['accuracy']:.4f}, "
+    low, high = metrics["accuracy_ci95"]["low"], metrics["accuracy_ci95"]["high"]
+    print(f"evaluate: {model_name} model, {split} split, {len(labels)} images: accuracy {metrics['accuracy']:.4f} "
+          f"(95 % Wilson interval {low:.4f}-{high:.4f}), "
           f"loss {metrics['loss']:.4f}, macro F1 {metrics['macro_f1']:.4f}{auc} -> {out}")
 
 

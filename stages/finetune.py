@@ -41,7 +41,7 @@ def main() -> None:
 
     from bottleneck_clf.feature_cache import feature_cache_dir
     from bottleneck_clf.finetune import MODEL_FILE, RECIPE_FILE, FrozenMaps, build_top, finetune, recipe
-    from bottleneck_clf.head import seed_everything
+    from bottleneck_clf.head import kept_message, kept_summary, seed_everything, stopping_sets
     from bottleneck_clf.model_files import save_model
     from bottleneck_clf.vgg_weights import read_weights
 
@@ -72,26 +72,26 @@ def main() -> None:
             print(f"finetune: {split}: {len(rows)} images, {encoded} through the frozen blocks, {hit} from the cache")
         del frozen
         prepared = time.perf_counter() - started
+        # The same images to stop on as train_head's (same labels, fraction and seed).
+        fit, stop, stop_name = stopping_sets(data["train"], data["validation"], any(e.split == "test" for e in entries),
+                                             params["head"]["early_stopping_fraction"], seed)
         head = keras.saving.load_model(paths["model"], compile=False)
         frozen_shape = data["train"][0].shape[1:]
         top = build_top(frozen_shape, settings["blocks"], plan["pooling"], weights, head)
         live = Live(str(paths["finetune_metrics"]), dvcyaml=False, save_dvc_exp=False)
-        history = finetune(
-            data["train"], data["validation"], top, len(classes), settings["learning_rate"], settings["momentum"],
-            settings["epochs"], settings["batch_size"], settings["patience"], settings["flip"], settings["rotation"],
-            settings["zoom"], seed, callbacks=[DVCLiveCallback(live=live)],
-        )
+        history, kept = finetune(fit, stop, top, len(classes), settings, seed, callbacks=[DVCLiveCallback(live=live)])
+        stop_images = len(stop[2]) if stop[2] is not None else len(stop[1])
+        del fit, stop
         data.clear()
     with atomic_dir(paths["finetuned"]) as tmp:
         save_model(top, tmp / MODEL_FILE)
         write_json(tmp / RECIPE_FILE, {**plan, "input_shape": list(frozen_shape), "classes": classes})
-    epochs_run = len(history.history["loss"])
-    kept = int(np.argmin(history.history["val_loss"])) if settings["patience"] > 0 else epochs_run - 1
+    summary = {"enabled": True, **kept_summary(history, kept, stop_images)}
+    # dvclive's summary is the last epoch's; the saved model is the kept epoch's.
+    write_json(paths["finetune_metrics"] / "metrics.json", summary)
     seconds = time.perf_counter() - started
-    print(f"finetune: top {settings['blocks']} block(s), {epochs_run} epochs in {seconds:.0f} s "
-          f"({prepared:.0f} s for the frozen blocks), saved epoch {kept + 1}: val_loss "
-          f"{history.history['val_loss'][kept]:.4f}, val accuracy {history.history['val_accuracy'][kept]:.4f} "
-          f"-> {paths['finetuned']}")
+    print(f"finetune: top {settings['blocks']} block(s) in {seconds:.0f} s ({prepared:.0f} s for the frozen "
+          f"blocks), {kept_message(summary, stop_name)} -> {paths['finetuned']}")
 
 
 if __name__ == "__main__":
