@@ -14,7 +14,6 @@ from bottleneck_clf.head import FeatureBatches, stopping_rows
 from stages import evaluate, prepare, train_head, weights
 from stages import extract_features as extract_stage
 
-
 # A step size that makes the loss jump about, so the last epoch is not the best one.
 JUMPY = {"optimizer": "sgd", "learning_rate": 0.9, "epochs": 8, "patience": 4}
 
