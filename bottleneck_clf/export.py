@@ -5,6 +5,9 @@ model (no Lambda, no custom class), so `keras.saving.load_model(path)` loads it 
   uint8 -> float (Rescaling 1.0) -> resize (Resizing, antialiased: the pipeline's own op) -> VGG16
   preprocessing (a fixed 1x1 convolution: RGB -> BGR minus the ImageNet mean) -> frozen VGG16 blocks ->
   trained top (fine-tuned blocks, if any, pooling and head) -> probabilities, two columns for two classes.
+
+The frozen blocks compute in the precision the features were extracted in (`extract.precision`), so the shipped
+model gives the probabilities evaluate scored; everything after them is float32, and so is the output.
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ def two_columns() -> layers.Dense:
 
 
 def build_classifier(weights, top: keras.Model, blocks: int, image_size: int, interpolation: str,
-                     n_classes: int) -> keras.Model:
+                     n_classes: int, precision: str = "float32") -> keras.Model:
     """Raw images -> class probabilities, with `top` after the frozen VGG16 blocks below the top `blocks`.
 
-    blocks=0: the whole conv base is frozen and `top` is pooling + head.
+    blocks=0: the whole conv base is frozen and `top` is pooling + head. `precision` is the frozen blocks'
+    (bfloat16: Keras' mixed_bfloat16 policy, as in extraction); `top` keeps its own float32 layers.
     """
     from bottleneck_clf.finetune import split_layer
 
@@ -56,7 +60,7 @@ def build_classifier(weights, top: keras.Model, blocks: int, image_size: int, in
                         name="resize")(x)
     x = vgg_preprocessing()(x)
     last_frozen = split_layer(blocks) if blocks else "block5_pool"
-    frozen = build_extractor(weights, image_size, "flatten", output=last_frozen)
+    frozen = build_extractor(weights, image_size, "flatten", precision, output=last_frozen)
     x = frozen(x, training=False)
     x = top(x, training=False)
     if n_classes == 2:

@@ -168,6 +168,20 @@ def check_params(params: Any, source: str = PARAMS_FILE) -> dict[str, dict[str, 
     return params
 
 
+def check_threshold(threshold: float, n_classes: int) -> float:
+    """`evaluate.threshold`, once the class count is known: it decides between two classes only.
+
+    With more classes every stage takes the most probable one, so another value would be silently ignored.
+    """
+    if n_classes > 2 and threshold != 0.5:
+        raise ValueError(
+            f"evaluate.threshold is {threshold} but the data has {n_classes} classes; a threshold decides between "
+            "two classes only (with more, the most probable class wins): set evaluate.threshold to 0.5 in "
+            f"{PARAMS_FILE}"
+        )
+    return threshold
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, dict[str, Any]]:
     """Load and check the whole params file, so a typo anywhere stops every stage early."""
     path = Path(path)

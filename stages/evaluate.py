@@ -16,7 +16,7 @@ from bottleneck_clf.finetune import MODEL_FILE, RECIPE_FILE, FrozenMaps
 from bottleneck_clf.gallery import draw_gallery, worst_mistakes
 from bottleneck_clf.head import probabilities
 from bottleneck_clf.machine import record as record_machine
-from bottleneck_clf.params import load_params
+from bottleneck_clf.params import check_threshold, load_params
 from bottleneck_clf.paths import project_paths
 
 PREDICTIONS = "predictions.csv"
@@ -121,6 +121,7 @@ def main() -> None:
     record_machine(paths["machine"], "evaluate")  # which CPU made these floats (check_repro reads it)
     meta = load_meta(paths["features"])
     classes = meta["classes"]
+    check_threshold(settings["threshold"], len(classes))  # only now is the class count known
     split = choose_split(settings["split"], list(meta["counts"]))
     features, labels, ids = load_split(paths["features"], split)
     if (paths["finetuned"] / MODEL_FILE).exists():

@@ -2,9 +2,10 @@
 
     python -m stages.predict MODEL IMAGE_OR_DIR... [--output preds.csv]
 
-MODEL is the export stage's `model.keras` (class names from `classes.json` beside it). Folders are searched
-recursively, skipping hidden and system files. Prints `path,class,probability` per image, or writes them with
-every class's probability to --output. A file that cannot be read is reported with the reason and skipped;
+MODEL is the export stage's `model.keras` (class names and the decision threshold, `evaluate.threshold`, from
+`classes.json` beside it, so the classes are evaluate's). Folders are searched recursively, skipping hidden and
+system files. Prints `path,class,probability` per image (the probability of the class given), or writes them
+with every class's probability to --output. A file that cannot be read is reported with the reason and skipped;
 the exit status is 1 only when no image at all could be classified.
 """
 
@@ -22,6 +23,9 @@ import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import atomic_path
 from bottleneck_clf.export import CLASSES_FILE
 from bottleneck_clf.images import BadImage, decode_rgb, list_files
+from bottleneck_clf.params import check_threshold
+
+DEFAULT_THRESHOLD = 0.5  # for a model exported before classes.json recorded evaluate.threshold
 
 
 def find_images(targets: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -37,18 +41,44 @@ def find_images(targets: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]
     return files, missing
 
 
-def read_classes(model_path: Path, classes_path: Path | None, n_outputs: int) -> list[str]:
+def read_classes(model_path: Path, classes_path: Path | None, n_outputs: int) -> tuple[list[str], float]:
+    """(class names, decision threshold) from the classes.json exported with the model."""
     path = classes_path or model_path.parent / CLASSES_FILE
     if not path.exists():
         if classes_path is not None:
             raise ValueError(f"{path}: not found; pass the classes.json written beside the exported model")
-        print(f"predict: {path} not found; naming classes by index", file=sys.stderr)
-        return [str(i) for i in range(n_outputs)]
-    classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
+        print(f"predict: {path} not found; naming classes by index, threshold {DEFAULT_THRESHOLD}", file=sys.stderr)
+        return [str(i) for i in range(n_outputs)], DEFAULT_THRESHOLD
+    info = json.loads(path.read_text(encoding="utf-8"))
+    classes = info["classes"]
     if len(classes) != n_outputs:
         raise ValueError(f"{path}: lists {len(classes)} classes but {model_path} outputs {n_outputs}; "
                          "use the classes.json exported with this model")
-    return classes
+    return classes, read_threshold(path, info, len(classes))
+
+
+def read_threshold(path: Path, info: dict, n_classes: int) -> float:
+    if "threshold" not in info:
+        # Exported before export recorded evaluate.threshold; 0.5 was the only rule predict knew then.
+        print(f"predict: {path} records no threshold; using {DEFAULT_THRESHOLD} (rerun `dvc repro export` to "
+              "record evaluate.threshold)", file=sys.stderr)
+        return DEFAULT_THRESHOLD
+    threshold = info["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1:
+        raise ValueError(f"{path}: threshold must be a number in (0, 1), got {threshold!r}; "
+                         "rerun `dvc repro export` to write a valid one")
+    try:
+        return check_threshold(threshold, n_classes)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}, then rerun `dvc repro export`") from None
+
+
+def choose(probs: np.ndarray, threshold: float) -> int:
+    """The class evaluate predicts (stages/evaluate.py, predict_labels): for two classes the second when its
+    probability reaches `threshold`; for more, the most probable."""
+    if len(probs) == 2:
+        return int(probs[1] >= threshold)
+    return int(np.argmax(probs))
 
 
 def classify(model, files: list[Path]):
@@ -77,14 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.model.is_file():
         parser.error(f"{args.model}: model file not found; run `dvc repro export` to make one")
     model = keras.saving.load_model(args.model, compile=False)
-    classes = read_classes(args.model, args.classes, int(model.output_shape[-1]))
+    classes, threshold = read_classes(args.model, args.classes, int(model.output_shape[-1]))
     files, failures = find_images(args.images)
     rows = []
     for path, probs, error in classify(model, files):
         if error is not None:
             failures.append((path, error))
             continue
-        best = int(np.argmax(probs))
+        best = choose(probs, threshold)
         rows.append((path, classes[best], probs[best], probs))
         if args.output is None:
             print(f"{path},{classes[best]},{probs[best]:.6f}")

@@ -37,6 +37,8 @@ def test_reruns_only_what_a_change_touches(dvc_repo, tiny_weights):
     assert repro(repo) == {"train_head", *AFTER_HEAD}
 
     update_params(repo, {"evaluate": {"threshold": 0.6}})
+    assert repro(repo) == {"evaluate", "export"}  # export records the threshold for predict
+    update_params(repo, {"evaluate": {"gallery_size": 2}})
     assert repro(repo) == {"evaluate"}
 
     write_image(repo / "data/raw/cats/003.png", (10, 200, 10), seed=77)
@@ -65,7 +67,7 @@ def test_finetune_switched_on_never_reruns_vgg_stages(dvc_repo):
     assert json.loads((repo / "metrics/eval/metrics.json").read_text())["model"] == "finetuned"
     assert json.loads((repo / "data/models/classifier/classes.json").read_text())["trained"] == "finetuned"
     update_params(repo, {"evaluate": {"threshold": 0.4, "gallery_size": 2}})
-    assert repro(repo) == {"evaluate"}
+    assert repro(repo) == {"evaluate", "export"}
     update_params(repo, {"finetune": {"zoom": 0.0}})
     assert repro(repo) == AFTER_HEAD
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import make_class_folders, update_params
 
-from stages import evaluate, export, finetune, prepare, train_head, weights
+from stages import evaluate, export, finetune, predict, prepare, train_head, weights
 from stages import extract_features as extract_stage
 
 # Run in a fresh interpreter, from a folder outside the project, with the project kept off sys.path.
@@ -32,22 +32,34 @@ print(json.dumps(rows))
 """
 
 
-def run_pipeline(project, finetuned: bool):
+def run_pipeline(project, finetuned: bool, precision: str = "float32"):
     make_class_folders(project / "data/raw", per_class=8)
-    update_params(project, {"finetune": {"enabled": finetuned}})
+    update_params(project, {"finetune": {"enabled": finetuned}, "extract": {"precision": precision}})
     for stage in (weights, prepare, extract_stage, train_head, finetune, evaluate, export):
         stage.main()
 
 
+def read_predictions(project) -> dict[str, dict]:
+    """evaluate's predictions.csv rows by absolute image path."""
+    with open(project / "metrics/eval/predictions.csv", newline="", encoding="utf-8") as handle:
+        return {str(project / "data/raw" / row["path"]): row for row in csv.DictReader(handle)}
+
+
+# Measured on the tiny project (README, "Ship it"): export and evaluate in the same precision agree within 5e-7
+# (the 6 decimals of predictions.csv), both for float32 and bfloat16; float32 blocks scored against bfloat16
+# features are 2e-4 apart, ten times this bound, so a model exported in the wrong precision fails it.
+AGREEMENT = 2e-5
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("finetuned", [False, True], ids=["head", "finetuned"])
-def test_exported_model_gives_evaluates_predictions_in_a_fresh_process(project, tmp_path, finetuned):
-    run_pipeline(project, finetuned)
+def test_exported_model_gives_evaluates_predictions_in_a_fresh_process(project, tmp_path, finetuned, precision):
+    run_pipeline(project, finetuned, precision)
     folder = project / "data/models/classifier"
     info = json.loads((folder / "classes.json").read_text())
     assert info["classes"] == ["cats", "dogs"] and info["trained"] == ("finetuned" if finetuned else "head")
-    with open(project / "metrics/eval/predictions.csv", newline="", encoding="utf-8") as handle:
-        expected = {str(project / "data/raw" / row["path"]): [float(row["p_cats"]), float(row["p_dogs"])]
-                    for row in csv.DictReader(handle)}
+    assert info["precision"] == precision and info["threshold"] == 0.5
+    expected = {path: [float(row["p_cats"]), float(row["p_dogs"])] for path, row in read_predictions(project).items()}
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
@@ -57,7 +69,35 @@ def test_exported_model_gives_evaluates_predictions_in_a_fresh_process(project, 
     got = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(got) == set(expected)
     for path, probs in expected.items():
-        np.testing.assert_allclose(got[path], probs, atol=2e-5, err_msg=path)
+        np.testing.assert_allclose(got[path], probs, atol=AGREEMENT, err_msg=path)
+
+
+def threshold_between(probabilities: list[float]) -> float:
+    """A threshold in the widest gap between the images' probabilities, away from 0.5's side of them all,
+    so that it changes at least one label and no round-off can put an image on the other side of it."""
+    points = sorted({*probabilities, 0.5})
+    gaps = [(high - low, (low + high) / 2) for low, high in zip(points, points[1:], strict=False)
+            if 0.5 not in (low, high)]
+    width, middle = max(gaps)
+    assert width > 2e-4, f"probabilities {points} too close together to pick a threshold between them"
+    return middle
+
+
+def test_predict_gives_evaluates_labels_at_the_projects_threshold(project, tmp_path):
+    run_pipeline(project, finetuned=False)
+    at_half = {path: row["predicted"] for path, row in read_predictions(project).items()}
+    threshold = threshold_between([float(row["p_dogs"]) for row in read_predictions(project).values()])
+    update_params(project, {"evaluate": {"threshold": threshold}})
+    evaluate.main()
+    export.main()
+    expected = {path: row["predicted"] for path, row in read_predictions(project).items()}
+    assert expected != at_half, "the threshold should change at least one of evaluate's labels"
+    assert json.loads((project / "data/models/classifier/classes.json").read_text())["threshold"] == threshold
+    output = tmp_path / "preds.csv"
+    assert predict.main([str(project / "data/models/classifier/model.keras"), *expected, "--output", str(output)]) == 0
+    with open(output, newline="", encoding="utf-8") as handle:
+        got = {row["path"]: row["class"] for row in csv.DictReader(handle)}
+    assert got == expected
 
 
 def test_exported_model_takes_any_size_and_sums_to_one(project):
@@ -77,5 +117,17 @@ def test_three_classes_export_softmax(project):
         stage.main()
     model = keras.saving.load_model(project / "data/models/classifier/model.keras")
     assert model.output_shape == (None, 3)
-    assert json.loads((project / "data/models/classifier/classes.json").read_text())["classes"] == [
-        "birds", "cats", "dogs"]
+    info = json.loads((project / "data/models/classifier/classes.json").read_text())
+    assert info["classes"] == ["birds", "cats", "dogs"] and info["threshold"] == 0.5
+
+
+def test_three_classes_reject_a_threshold_other_than_half(project):
+    make_class_folders(project / "data/raw", per_class=6, classes=("birds", "cats", "dogs"))
+    for stage in (weights, prepare, extract_stage, train_head, finetune):
+        stage.main()
+    update_params(project, {"evaluate": {"threshold": 0.7}})
+    # Rather than ignore it: with three classes the most probable one wins whatever the threshold says.
+    for stage in (evaluate, export):
+        with pytest.raises(ValueError, match=r"evaluate.threshold is 0.7 but the data has 3 classes.*"
+                                             r"set evaluate.threshold to 0.5 in params.yaml"):
+            stage.main()

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bottleneck_clf.params import check_params, load_params
+from bottleneck_clf.params import check_params, check_threshold, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -89,3 +89,11 @@ def test_missing_and_broken_files(tmp_path):
     broken.write_text("head: [unclosed\n")
     with pytest.raises(ValueError, match="broken.yaml: not valid YAML"):
         load_params(broken)
+
+
+def test_threshold_decides_between_two_classes_only():
+    assert check_threshold(0.7, 2) == 0.7
+    assert check_threshold(0.5, 3) == 0.5
+    with pytest.raises(ValueError, match=r"^evaluate.threshold is 0.7 but the data has 3 classes; .* "
+                                         r"set evaluate.threshold to 0.5 in params.yaml$"):
+        check_threshold(0.7, 3)

@@ -63,7 +63,9 @@ def test_folder_with_unreadable_files_writes_every_row(exported, images, tmp_pat
         row = rows[path]
         assert row["class"] in CLASSES and row["error"] == ""
         probs = [float(row["p_cats"]), float(row["p_dogs"])]
-        assert float(row["probability"]) == max(probs) and row["class"] == CLASSES[int(np.argmax(probs))]
+        # No threshold in the fixture's classes.json: 0.5, and a tie goes to the second class, as in evaluate.
+        chosen = int(probs[1] >= 0.5)
+        assert row["class"] == CLASSES[chosen] and float(row["probability"]) == probs[chosen]
         from PIL import Image
 
         expected = model.predict(np.asarray(Image.open(path).convert("RGB"))[None], verbose=0)[0]
@@ -74,6 +76,8 @@ def test_folder_with_unreadable_files_writes_every_row(exported, images, tmp_pat
     assert "not an image" in rows[str(images / "notes.txt")]["error"]
     err = capsys.readouterr().err
     assert f"{images / 'broken.jpg'}: skipped" in err and "2 classified, 3 not readable" in err
+    # The fixture's classes.json predates recorded thresholds: predict says once which one it uses.
+    assert err.count("records no threshold; using 0.5") == 1
 
 
 def test_prints_path_class_probability_without_output(exported, images, capsys):
@@ -98,3 +102,36 @@ def test_runs_as_a_module(exported, images):
                             cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(str(images / "a.png") + ",")
+
+
+def test_threshold_from_classes_json_decides(exported, images, tmp_path, capsys):
+    output = tmp_path / "at_half.csv"
+    assert predict.main([str(exported), str(images / "a.png"), "--output", str(output)]) == 0
+    p_dogs = float(read_rows(output)[str(images / "a.png")]["p_dogs"])
+    capsys.readouterr()
+    for threshold, name in ((p_dogs - 0.01, "dogs"), (p_dogs + 0.01, "cats")):
+        info = tmp_path / f"{name}.json"
+        info.write_text(json.dumps({"classes": CLASSES, "threshold": threshold}))
+        assert predict.main([str(exported), str(images / "a.png"), "--classes", str(info)]) == 0
+        out, err = capsys.readouterr()
+        _, given, probability = out.strip().split(",")
+        # The class the threshold gives, with that class's own probability, as evaluate's predictions.csv has it.
+        assert given == name and "threshold" not in err
+        assert float(probability) == pytest.approx(p_dogs if name == "dogs" else 1.0 - p_dogs, abs=2e-6)
+
+
+def test_choice_is_evaluates_at_and_around_the_threshold():
+    from stages.evaluate import predict_labels
+
+    probs = np.array([[0.3, 0.7], [0.31, 0.69], [0.29, 0.71], [0.5, 0.5], [0.9, 0.1]])
+    for threshold in (0.7, 0.5, 0.1):
+        assert [predict.choose(row, threshold) for row in probs] == predict_labels(probs, threshold).tolist()
+    three = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    assert [predict.choose(row, 0.5) for row in three] == predict_labels(three, 0.5).tolist()
+
+
+def test_bad_threshold_in_classes_json_names_the_file(exported, tmp_path):
+    info = tmp_path / "classes.json"
+    info.write_text(json.dumps({"classes": CLASSES, "threshold": 1.5}))
+    with pytest.raises(ValueError, match=r"classes.json: threshold must be a number in \(0, 1\), got 1.5"):
+        predict.main([str(exported), str(tmp_path), "--classes", str(info)])
