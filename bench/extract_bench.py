@@ -185,17 +185,27 @@ def main() -> None:
     images = sorted((args.data / "train").rglob("*.jpg"))[: args.ratio_images]
     bare, pipeline = ratio_benchmark(full, images, params)
 
-    print("\n== summary ==")
-    print(f"bare model.predict (pre-decoded array): {bare:.2f} img/s")
-    print(f"pipeline (JPEG decode+resize overlapped): {pipeline:.2f} img/s")
-    print(f"ratio pipeline/bare: {pipeline / bare:.3f}")
-    print(f"cold dvc repro: {cold:.1f} s; +10 images: {plus10:.1f} s; head-only exp run: {head_only:.1f} s")
-    print(f"extract_features stage: cold {cold_extract:.1f} s, +10 images {plus10_extract:.1f} s "
-          f"({100 * plus10_extract / cold_extract:.1f}% of cold)")
-    print(f"float32: {rate32:.2f} img/s, accuracy {acc32:.4f}; bfloat16: {rate16:.2f} img/s, accuracy "
-          f"{acc16:.4f}; speedup {rate16 / rate32:.2f}x, accuracy change {100 * (acc16 - acc32):+.2f} points")
-    print(f"peak RSS of extract_features: {rss_small.peak / 2**20:.0f} MiB at 800 images, "
-          f"{rss_full.peak / 2**20:.0f} MiB at {n_cold} images")
+    summary = [
+        "| figure | value |",
+        "|---|---|",
+        f"| bare `model.predict` on images pre-decoded into one array | {bare:.2f} img/s |",
+        f"| pipeline on the same JPEGs (decode + resize overlapped) | {pipeline:.2f} img/s "
+        f"(ratio {pipeline / bare:.3f}) |",
+        f"| cold `dvc repro`, {n_cold} images, empty feature cache | {cold:.1f} s "
+        f"(extract_features {cold_extract:.1f} s) |",
+        f"| `dvc repro` after adding 10 images | {plus10:.1f} s (extract_features {plus10_extract:.1f} s = "
+        f"{100 * plus10_extract / cold_extract:.1f} % of cold) |",
+        f"| `dvc exp run -S head.dropout=0.3` | {head_only:.1f} s |",
+        f"| float32 vs bfloat16 extraction | {rate32:.2f} vs {rate16:.2f} img/s ({rate16 / rate32:.2f}x) |",
+        f"| validation accuracy, float32 vs bfloat16 (one seed) | {acc32:.4f} vs {acc16:.4f} "
+        f"({100 * (acc16 - acc32):+.2f} points) |",
+        f"| peak RSS of extract_features | {rss_small.peak / 2**20:.0f} MiB at 800 images, "
+        f"{rss_full.peak / 2**20:.0f} MiB at {n_cold} |",
+    ]
+    print("\n== summary ==\n" + "\n".join(summary))
+    from report import write
+
+    write("extract", "Extraction speed, cache and memory (cats-dogs-small, default params)", summary)
     shutil.rmtree(work, ignore_errors=True)
 
 

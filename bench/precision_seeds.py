@@ -72,15 +72,19 @@ def main() -> None:
             model, _, _ = train_head(fit, stop, n_classes, head, seed)
             predicted = predict_labels(probabilities(model, validation[0]), 0.5)
             accuracy[precision].append(float(np.mean(predicted == validation[1])))
-    print("\n== validation accuracy (%) by seed ==")
-    print("seed      " + "  ".join(f"{p:>9}" for p in PRECISIONS) + "  difference")
+    rows = ["| seed | float32 | bfloat16 | difference |", "|---|---|---|---|"]
     for i, seed in enumerate(args.seeds):
         a, b = (100 * accuracy[p][i] for p in PRECISIONS)
-        print(f"{seed:<8}  {a:9.2f}  {b:9.2f}  {b - a:+9.2f}")
+        rows.append(f"| {seed} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
     means = {p: 100 * np.mean(v) for p, v in accuracy.items()}
     spreads = {p: 100 * np.std(v, ddof=1) if len(v) > 1 else 0.0 for p, v in accuracy.items()}
-    print(f"mean      {means['float32']:9.2f}  {means['bfloat16']:9.2f}  {means['bfloat16'] - means['float32']:+9.2f}")
-    print(f"std       {spreads['float32']:9.2f}  {spreads['bfloat16']:9.2f}")
+    rows.append(f"| mean | {means['float32']:.2f} | {means['bfloat16']:.2f} | "
+                f"{means['bfloat16'] - means['float32']:+.2f} |")
+    rows.append(f"| std | {spreads['float32']:.2f} | {spreads['bfloat16']:.2f} | |")
+    print("\n== validation accuracy (%) by seed ==\n" + "\n".join(rows))
+    from report import write
+
+    write("precision_seeds", "float32 vs bfloat16 features: validation accuracy (%) of the head by seed", rows)
     shutil.rmtree(work, ignore_errors=True)
 
 
