@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from bottleneck_clf.errors import UserError
 from bottleneck_clf.images import BadImage, decode_rgb, list_files
 
 SPLITS = ("train", "validation", "test")
@@ -38,7 +39,7 @@ def detect_layout(root: Path, layout: str) -> str:
     if layout == "auto":
         return "pre_split" if looks_split else "by_class"
     if layout == "pre_split" and not looks_split:
-        raise ValueError(
+        raise UserError(
             f"{root}: prepare.layout is pre_split but the top folders are {sorted(top)}; expected "
             "train/ and validation/ (and optionally test/), each holding one folder per class"
         )
@@ -49,9 +50,9 @@ def find_candidates(root: str | Path, layout: str) -> tuple[str, list[Candidate]
     """(layout used, every non-system file with its class and, for a pre-split layout, its split)."""
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(
+        raise UserError(
             f"{root}: raw data folder not found; put one folder per class there (or train/ and validation/ "
-            "folders of class folders), or run `python -m stages.demo_data` for a demo set"
+            "folders of class folders), or run `bottleneck demo` for a demo set"
         )
     layout = detect_layout(root, layout)
     depth = 3 if layout == "pre_split" else 2
@@ -60,7 +61,7 @@ def find_candidates(root: str | Path, layout: str) -> tuple[str, list[Candidate]
         parts = relative.parts
         if len(parts) != depth:
             # Loose files beside the class folders carry no label; nested folders are ambiguous.
-            raise ValueError(
+            raise UserError(
                 f"{root / relative}: expected {'<split>/<class>/<file>' if depth == 3 else '<class>/<file>'}; "
                 "move the file into a class folder or out of the raw data folder"
             )
@@ -119,7 +120,7 @@ def assign_splits(
         missing = [s for s in SPLITS if s in ("train", "validation") or test_fraction > 0]
         missing = [s for s in missing if s not in present]
         if missing:
-            raise ValueError(f"class '{label}': the seeded split left no image in {', '.join(missing)}; "
+            raise UserError(f"class '{label}': the seeded split left no image in {', '.join(missing)}; "
                              "add images to the class or change the fractions")
     return [Entry(c.path, digest, c.label, split_of[digest]) for c, digest in items]
 
@@ -137,7 +138,7 @@ def check_split_sizes(counts: Counter, validation_fraction: float, test_fraction
     for label, n in sorted(counts.items()):
         short = [split for split, f in wanted.items() if n * f < 1 - 1e-9]
         if short:
-            raise ValueError(
+            raise UserError(
                 f"class '{label}' has {n} {what}, too few for a {short[0]} share of "
                 f"{wanted[short[0]]:g}: with prepare.validation_fraction={validation_fraction} and "
                 f"prepare.test_fraction={test_fraction} each class needs at least {need}. Add images to "
@@ -163,7 +164,7 @@ def check_presplit_classes(entries: list[Entry], root: Path) -> None:
         have = [s for s in splits if s in found[label]]
         like = difflib.get_close_matches(label, [k for k in found if k != label], n=1, cutoff=0.6)
         typo = f" (of '{like[0]}'?)" if like else ""
-        raise ValueError(
+        raise UserError(
             f"{root / have[0] / label}: class '{label}' has usable images in {', '.join(s + '/' for s in have)} "
             f"but none in {', '.join(s + '/' for s in missing)}; every class needs images in each of "
             f"{', '.join(s + '/' for s in splits)}. Rename the folder if '{label}' is a typo{typo}, add images "
@@ -186,7 +187,7 @@ def read_manifest(path: str | Path) -> list[Entry]:
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
-            raise ValueError(f"{path}: not a manifest (columns {reader.fieldnames}); rerun the prepare stage")
+            raise UserError(f"{path}: not a manifest (columns {reader.fieldnames}); rerun the prepare stage")
         return [Entry(row["path"], row["sha256"], row["label"], row["split"]) for row in reader]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bottleneck_clf import images, vgg_weights
+from bottleneck_clf.errors import UserError
 from bottleneck_clf.feature_cache import FeatureCache
 from bottleneck_clf.images import decode_rgb, resize
 from bottleneck_clf.params import PRECISIONS
@@ -19,7 +20,7 @@ from bottleneck_clf.vgg_weights import assign, build_conv_base, read_weights
 META_FILE = "meta.json"
 
 
-class ChangedImage(ValueError):
+class ChangedImage(UserError):
     """An image file whose bytes are not those the manifest's sha256 names: it changed after `prepare`."""
 
 
@@ -57,7 +58,7 @@ def build_extractor(weights, image_size: int, pooling: str, precision: str = "fl
     import keras
 
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid choices: {', '.join(PRECISIONS)}")
+        raise UserError(f"unknown precision {precision!r}; valid choices: {', '.join(PRECISIONS)}")
     if isinstance(weights, str | Path):
         weights = read_weights(weights)
     previous = keras.config.dtype_policy()
@@ -228,7 +229,7 @@ def load_split(directory: str | Path, split: str, mmap: bool = True):
     files = split_files(Path(directory), split)
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
-        raise ValueError(f"{', '.join(missing)}: missing; rerun `dvc repro extract_features`")
+        raise UserError(f"{', '.join(missing)}: missing; rerun `dvc repro extract_features`")
     features = np.load(files["features"], mmap_mode="r" if mmap else None, allow_pickle=False)
     labels = np.load(files["labels"], allow_pickle=False)
     ids = np.load(files["ids"], allow_pickle=False)
@@ -238,5 +239,5 @@ def load_split(directory: str | Path, split: str, mmap: bool = True):
 def load_meta(directory: str | Path) -> dict:
     path = Path(directory) / META_FILE
     if not path.exists():
-        raise ValueError(f"{path}: missing; rerun `dvc repro extract_features`")
+        raise UserError(f"{path}: missing; rerun `dvc repro extract_features`")
     return json.loads(path.read_text(encoding="utf-8"))

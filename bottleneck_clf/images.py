@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from bottleneck_clf.errors import UserError
+
 # Files that operating systems and tools drop into folders; never images, never worth a report line.
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db", "icon\r"})
 # params.yaml's filter names -> tf.image.resize methods. Resizing happens in TensorFlow, with antialiasing,
@@ -97,7 +99,7 @@ def resize(images, image_size: int, interpolation: str):
     import tensorflow as tf
 
     if interpolation not in RESIZE_METHODS:
-        raise ValueError(f"unknown interpolation {interpolation!r}; valid choices: {', '.join(RESIZE_METHODS)}")
+        raise UserError(f"unknown interpolation {interpolation!r}; valid choices: {', '.join(RESIZE_METHODS)}")
     return tf.image.resize(tf.cast(images, tf.float32), (image_size, image_size),
                            method=RESIZE_METHODS[interpolation], antialias=True)
 

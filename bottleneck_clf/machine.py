@@ -3,7 +3,7 @@
 oneDNN picks its kernels by the CPU's instruction sets (AVX2, AVX-512, AVX512-BF16, VNNI, AMX) and splits
 work by the number of cores, so the same code and inputs give features that agree to about 1e-6 relative
 across machines but not bit for bit. Each stage that does float math writes this signature beside its
-outputs (`metrics/machine/<stage>.json`); `check_repro` compares output hashes only where every recorded
+outputs (`metrics/machine/<stage>.json`); `bottleneck check-repro` compares output hashes only where every recorded
 signature equals the current machine's, and metrics within tolerances otherwise (README, "Reproducibility").
 """
 

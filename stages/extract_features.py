@@ -60,4 +60,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bottleneck_clf.errors import run
+
+    run(main, "extract_features")

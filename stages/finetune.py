@@ -95,4 +95,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bottleneck_clf.errors import run
+
+    run(main, "finetune")

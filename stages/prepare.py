@@ -132,4 +132,6 @@ def print_report(report: dict, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bottleneck_clf.errors import run
+
+    run(main, "prepare")

@@ -20,4 +20,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bottleneck_clf.errors import run
+
+    run(main, "weights")

@@ -1,4 +1,4 @@
-"""Reproducibility as a checked property: two cold runs agree, and check_repro names what does not."""
+"""Reproducibility as a checked property: two cold runs agree, and `bottleneck check-repro` names what does not."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import subprocess
 import pytest
 from conftest import dvc, git, update_params, write_image
 
-from stages import check_repro, demo_data
+from bottleneck_clf import repro_check
+from bottleneck_clf.cli import run_command
+from bottleneck_clf.demo import write_demo_set
 
 pytestmark = pytest.mark.slow
 
 
 def committed_demo_run(repo) -> None:
-    demo_data.main([])  # the defaults, which check_repro regenerates
+    write_demo_set()  # the defaults, which check-repro regenerates
     dvc(repo, "repro")
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "demo run: dvc.lock and metrics")
@@ -25,7 +27,7 @@ def test_two_cold_runs_in_two_clones_are_identical(dvc_repo, tmp_path):
     for name in ("first", "second"):
         clone = tmp_path / name
         subprocess.run(["git", "clone", "-q", str(dvc_repo), str(clone)], check=True)
-        subprocess.run(["python", "-m", "stages.demo_data"], cwd=clone, check=True, capture_output=True)
+        subprocess.run(["python", "-m", "bottleneck_clf", "demo"], cwd=clone, check=True, capture_output=True)
         # each clone encodes every image itself: a shared feature cache would hide a difference
         dvc(clone, "repro", env={"BOTTLENECK_FEATURE_CACHE": str(tmp_path / f"{name}-cache")})
         results.append({
@@ -42,26 +44,26 @@ def test_two_cold_runs_in_two_clones_are_identical(dvc_repo, tmp_path):
 def test_clean_checkout_passes_and_regenerates_demo(dvc_repo, capsys):
     committed_demo_run(dvc_repo)
     subprocess.run(["rm", "-rf", "data/raw", "data/features", "data/prepared", "data/models"], check=True)
-    assert check_repro.main([]) == 0
+    assert run_command(["check-repro"]) == 0
     out = capsys.readouterr().out
     assert "inputs: regenerated the demo images in data/raw" in out
     assert "mode: strict: every stage in dvc.lock was made on this machine's signature" in out
-    assert "check_repro: OK, HEAD reproduces: output hashes and metrics exactly" in out
+    assert "check-repro: OK, HEAD reproduces: output hashes and metrics exactly" in out
 
 
 def test_param_changed_without_repro(dvc_repo, capsys):
     committed_demo_run(dvc_repo)
     update_params(dvc_repo, {"head": {"dropout": 0.3}})
-    assert check_repro.main([]) == 1
+    assert run_command(["check-repro"]) == 1
     out = capsys.readouterr().out
     assert "stale lock: stage 'train_head': param head.dropout modified (params.yaml)" in out
-    assert "check_repro: FAILED" in out
+    assert "check-repro: FAILED" in out
 
 
 def test_data_changed_without_repro(dvc_repo, capsys):
     committed_demo_run(dvc_repo)
     write_image(dvc_repo / "data/raw/3/000.png", (1, 2, 3), seed=5)
-    assert check_repro.main([]) == 1
+    assert run_command(["check-repro"]) == 1
     out = capsys.readouterr().out
     assert "stale lock: stage 'prepare': dependency data/raw modified" in out
     assert "stale lock: stage 'extract_features': dependency data/raw modified" in out
@@ -76,13 +78,13 @@ def test_metric_drift_past_tolerance(dvc_repo, capsys):
     path.write_text(json.dumps(metrics, indent=4))
     git(dvc_repo, "commit", "-q", "-am", "edit the published accuracy")
 
-    assert check_repro.main(["--tolerance", "0.01"]) == 1
+    assert run_command(["check-repro", "--tolerance", "0.01"]) == 1
     out = capsys.readouterr().out
     assert "metric drift: metrics/eval/metrics.json: accuracy" in out and "> tolerance 0.01" in out
-    assert "check_repro: FAILED, 1 finding(s)" in out  # every output still matches dvc.lock exactly
+    assert "check-repro: FAILED, 1 finding(s)" in out  # every output still matches dvc.lock exactly
 
-    assert check_repro.main(["--metrics-only", "--tolerance", "0.3"]) == 0
-    assert "check_repro: OK, HEAD reproduces: metrics within tolerance (--tolerance 0.3)" in capsys.readouterr().out
+    assert run_command(["check-repro", "--metrics-only", "--tolerance", "0.3"]) == 0
+    assert "check-repro: OK, HEAD reproduces: metrics within tolerance (--tolerance 0.3)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -99,7 +101,7 @@ def test_metric_drift_past_tolerance(dvc_repo, capsys):
     ],
 )
 def test_stale_findings_ignore_outputs_not_yet_built(status, expected):
-    assert check_repro.stale_findings(status, {"data/prepared"}) == expected
+    assert repro_check.stale_findings(status, {"data/prepared"}) == expected
 
 
 # A Zen 3 with AVX2 only, as a lock made on the other kind of machine records it.
@@ -113,7 +115,7 @@ def commit_run_from_other_cpu(repo) -> None:
     TensorFlow's own (Eigen) kernels instead of oneDNN's round differently, as another CPU's kernels do;
     the committed records then name an AVX2-only CPU, as a lock written on one would.
     """
-    demo_data.main([])
+    write_demo_set()
     dvc(repo, "repro", env={"TF_ENABLE_ONEDNN_OPTS": "0"})
     for record in (repo / "metrics/machine").glob("*.json"):
         data = json.loads(record.read_text())
@@ -134,15 +136,15 @@ def test_lock_from_another_cpu_compares_metrics_and_passes_on_round_off(dvc_repo
     commit_run_from_other_cpu(dvc_repo)
     clean_checkout(dvc_repo)
 
-    assert check_repro.main([]) == 0
+    assert run_command(["check-repro"]) == 0
     out = capsys.readouterr().out
     assert "was made on AMD EPYC 7B13 (AuthenticAMD family 25 model 1), avx2 only" in out
     assert "cpu.flags: ['avx2', 'fma'] -> " in out and ": comparing metrics (tolerances: continuous 0.0001" in out
-    assert "check_repro: OK, HEAD reproduces: metrics within tolerance" in out
+    assert "check-repro: OK, HEAD reproduces: metrics within tolerance" in out
 
     # The same run compared bit for bit fails: the floats did differ, so the pass above is not vacuous.
     clean_checkout(dvc_repo)
-    assert check_repro.main(["--strict"]) == 1
+    assert run_command(["check-repro", "--strict"]) == 1
     out = capsys.readouterr().out
     assert "mode: strict (--strict)" in out
     assert "output differs: stage 'extract_features': data/features" in out
@@ -157,17 +159,17 @@ def test_real_regressions_fail_when_comparing_metrics(dvc_repo, capsys):
     path.write_text(json.dumps(metrics, indent=4))
     git(dvc_repo, "commit", "-q", "-am", "edit the published accuracy")
 
-    assert check_repro.main([]) == 1
+    assert run_command(["check-repro"]) == 1
     out = capsys.readouterr().out
     assert "comparing metrics" in out
     assert "metric drift: metrics/eval/metrics.json: accuracy" in out and "> share tolerance 0.02" in out
-    assert "check_repro: FAILED, 1 finding(s)" in out  # prepare and weights still match their hashes
+    assert "check-repro: FAILED, 1 finding(s)" in out  # prepare and weights still match their hashes
 
     clean_checkout(dvc_repo)
     update_params(dvc_repo, {"head": {"dropout": 0.3}})
     with open(dvc_repo / "stages/evaluate.py", "a") as handle:
         handle.write("\n# a code change that no dvc repro followed\n")
-    assert check_repro.main([]) == 1
+    assert run_command(["check-repro"]) == 1
     out = capsys.readouterr().out
     assert "comparing metrics" in out
     assert "stale lock: stage 'train_head': param head.dropout modified (params.yaml)" in out
@@ -189,4 +191,4 @@ def test_real_regressions_fail_when_comparing_metrics(dvc_repo, capsys):
 )
 def test_metric_tolerances(name, old, new, fails):
     diff = {"metrics/eval/metrics.json": {name: {"old": old, "new": new, "diff": new - old}}}
-    assert bool(check_repro.metric_findings(diff, None)) is fails
+    assert bool(repro_check.metric_findings(diff, None)) is fails

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from conftest import make_class_folders, update_params
 
-from stages import evaluate, export, finetune, predict, prepare, train_head, weights
+from bottleneck_clf.cli import run_command
+from stages import evaluate, export, finetune, prepare, train_head, weights
 from stages import extract_features as extract_stage
 
 # Run in a fresh interpreter, from a folder outside the project, with the project kept off sys.path.
@@ -94,7 +95,8 @@ def test_predict_gives_evaluates_labels_at_the_projects_threshold(project, tmp_p
     assert expected != at_half, "the threshold should change at least one of evaluate's labels"
     assert json.loads((project / "data/models/classifier/classes.json").read_text())["threshold"] == threshold
     output = tmp_path / "preds.csv"
-    assert predict.main([str(project / "data/models/classifier/model.keras"), *expected, "--output", str(output)]) == 0
+    model = str(project / "data/models/classifier/model.keras")
+    assert run_command(["predict", model, *expected, "--output", str(output)]) == 0
     with open(output, newline="", encoding="utf-8") as handle:
         got = {row["path"]: row["class"] for row in csv.DictReader(handle)}
     assert got == expected

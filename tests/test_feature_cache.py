@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from conftest import make_class_folders, update_params, write_image
 
+from bottleneck_clf.cli import run_command
 from bottleneck_clf.feature_cache import FeatureCache, fingerprint_key, prune
 from bottleneck_clf.features import (
     ChangedImage,
@@ -27,7 +28,7 @@ from bottleneck_clf.features import (
     load_split,
     source_digest,
 )
-from stages import extract_features, prepare, prune_cache, weights
+from stages import extract_features, prepare, weights
 
 BASE = dict(weights_digest="abc", image_size=32, interpolation="bilinear", pooling="avg", precision="float32",
             batch_size=8)
@@ -168,7 +169,7 @@ def test_prune_by_age_and_all(tmp_path, capsys, monkeypatch):
     assert prune(tmp_path, older_than_days=30, keep={new.key}) == (0, 0, 0)
 
     monkeypatch.setenv("BOTTLENECK_FEATURE_CACHE", str(tmp_path))
-    prune_cache.main(["--all"])
+    run_command(["cache", "prune", "--all"])
     assert "removed 1 entries and 0 unfinished writes" in capsys.readouterr().out
     assert not any(tmp_path.rglob("*.npy"))
 
@@ -362,6 +363,6 @@ def test_prune_removes_stale_temporary_files_only(tmp_path, capsys, monkeypatch)
     assert prune(tmp_path, older_than_days=30) == (0, 1, len(b"half an entry"))
     assert not killed.exists() and live.exists() and cache.path("aa" * 32).exists()
     monkeypatch.setenv("BOTTLENECK_FEATURE_CACHE", str(tmp_path))
-    prune_cache.main(["--all"])
+    run_command(["cache", "prune", "--all"])
     assert "removed 1 entries and 0 unfinished writes" in capsys.readouterr().out
     assert live.exists(), "prune --all removed a live writer's file"

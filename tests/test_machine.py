@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from bottleneck_clf import machine
-from stages import check_repro
+from bottleneck_clf import machine, repro_check
 
 ZEN4 = {"cpu": {"vendor": "AuthenticAMD", "model_name": "AMD EPYC", "family": "25", "model": "17",
                 "flags": ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"],
@@ -67,7 +66,7 @@ def test_record_writes_the_signature(tmp_path):
     ],
 )
 def test_choose_mode(requested, records, strict, says):
-    chosen, line = check_repro.choose_mode(requested, records, ZEN4)
+    chosen, line = repro_check.choose_mode(requested, records, ZEN4)
     assert chosen is strict
     assert says in line
     if not strict and requested == "auto" and records:

@@ -1,4 +1,4 @@
-"""`python -m stages.predict`: good files classified, unreadable ones reported without stopping the run."""
+"""`bottleneck predict`: good files classified, unreadable ones reported without stopping the run."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from conftest import ROOT, write_image
 
+from bottleneck_clf import predict
+from bottleneck_clf.cli import run_command
 from bottleneck_clf.export import build_classifier
 from bottleneck_clf.finetune import build_top
 from bottleneck_clf.head import build_head
 from bottleneck_clf.model_files import save_model
 from bottleneck_clf.vgg_weights import read_weights
-from stages import predict
 
 CLASSES = ["cats", "dogs"]
 
@@ -53,7 +54,7 @@ def read_rows(path):
 def test_folder_with_unreadable_files_writes_every_row(exported, images, tmp_path, capsys):
     output = tmp_path / "preds.csv"
     missing = tmp_path / "nope.png"
-    assert predict.main([str(exported), str(images), str(missing), "--output", str(output)]) == 0
+    assert run_command(["predict", str(exported), str(images), str(missing), "--output", str(output)]) == 0
     rows = read_rows(output)
     good = {str(images / "a.png"), str(images / "nested/b.jpg")}
     bad = {str(images / "broken.jpg"), str(images / "notes.txt"), str(missing)}
@@ -81,24 +82,24 @@ def test_folder_with_unreadable_files_writes_every_row(exported, images, tmp_pat
 
 
 def test_prints_path_class_probability_without_output(exported, images, capsys):
-    assert predict.main([str(exported), str(images / "a.png")]) == 0
+    assert run_command(["predict", str(exported), str(images / "a.png")]) == 0
     path, name, probability = capsys.readouterr().out.strip().split(",")
     assert path == str(images / "a.png") and name in CLASSES and 0.5 <= float(probability) <= 1.0
 
 
 def test_nothing_readable_exits_1(exported, images):
-    assert predict.main([str(exported), str(images / "broken.jpg")]) == 1
+    assert run_command(["predict", str(exported), str(images / "broken.jpg")]) == 1
 
 
 def test_classes_file_must_match_the_model(exported, tmp_path):
     wrong = tmp_path / "classes.json"
     wrong.write_text(json.dumps({"classes": ["a", "b", "c"]}))
     with pytest.raises(ValueError, match="lists 3 classes but .* outputs 2"):
-        predict.main([str(exported), str(tmp_path), "--classes", str(wrong)])
+        run_command(["predict", str(exported), str(tmp_path), "--classes", str(wrong)])
 
 
 def test_runs_as_a_module(exported, images):
-    result = subprocess.run([sys.executable, "-m", "stages.predict", str(exported), str(images / "a.png")],
+    result = subprocess.run([sys.executable, "-m", "bottleneck_clf", "predict", str(exported), str(images / "a.png")],
                             cwd=ROOT, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(str(images / "a.png") + ",")
@@ -106,13 +107,13 @@ def test_runs_as_a_module(exported, images):
 
 def test_threshold_from_classes_json_decides(exported, images, tmp_path, capsys):
     output = tmp_path / "at_half.csv"
-    assert predict.main([str(exported), str(images / "a.png"), "--output", str(output)]) == 0
+    assert run_command(["predict", str(exported), str(images / "a.png"), "--output", str(output)]) == 0
     p_dogs = float(read_rows(output)[str(images / "a.png")]["p_dogs"])
     capsys.readouterr()
     for threshold, name in ((p_dogs - 0.01, "dogs"), (p_dogs + 0.01, "cats")):
         info = tmp_path / f"{name}.json"
         info.write_text(json.dumps({"classes": CLASSES, "threshold": threshold}))
-        assert predict.main([str(exported), str(images / "a.png"), "--classes", str(info)]) == 0
+        assert run_command(["predict", str(exported), str(images / "a.png"), "--classes", str(info)]) == 0
         out, err = capsys.readouterr()
         _, given, probability = out.strip().split(",")
         # The class the threshold gives, with that class's own probability, as evaluate's predictions.csv has it.
@@ -134,4 +135,4 @@ def test_bad_threshold_in_classes_json_names_the_file(exported, tmp_path):
     info = tmp_path / "classes.json"
     info.write_text(json.dumps({"classes": CLASSES, "threshold": 1.5}))
     with pytest.raises(ValueError, match=r"classes.json: threshold must be a number in \(0, 1\), got 1.5"):
-        predict.main([str(exported), str(tmp_path), "--classes", str(info)])
+        run_command(["predict", str(exported), str(tmp_path), "--classes", str(info)])

@@ -169,7 +169,7 @@ def test_loose_file_is_refused_with_fix(project):
 
 
 def test_missing_raw_folder_says_what_to_do(project):
-    with pytest.raises(ValueError, match="raw data folder not found.*stages.demo_data"):
+    with pytest.raises(ValueError, match="raw data folder not found.*bottleneck demo"):
         prepare.main()
 
 

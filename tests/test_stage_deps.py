@@ -15,13 +15,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bottleneck_clf", "stages")
-# Decide where and how outputs are written, or record the machine, never a value (dvc.yaml's header).
+# Decide where and how outputs are written, record the machine or report a failure, never a value (dvc.yaml's header).
 INFRASTRUCTURE = {
     "bottleneck_clf/__init__.py",
     "bottleneck_clf/params.py",
     "bottleneck_clf/paths.py",
     "bottleneck_clf/atomic.py",
     "bottleneck_clf/machine.py",
+    "bottleneck_clf/errors.py",
 }
 
 

@@ -1,6 +1,6 @@
 """Classify image files with an exported model.
 
-    python -m stages.predict MODEL IMAGE_OR_DIR... [--output preds.csv]
+    bottleneck predict MODEL IMAGE_OR_DIR... [--output preds.csv]
 
 MODEL is the export stage's `model.keras` (class names and the decision threshold, `evaluate.threshold`, from
 `classes.json` beside it, so the classes are evaluate's). Folders are searched recursively, skipping hidden and
@@ -11,7 +11,6 @@ the exit status is 1 only when no image at all could be classified.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -21,6 +20,7 @@ import numpy as np
 
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import atomic_path
+from bottleneck_clf.errors import UserError
 from bottleneck_clf.export import CLASSES_FILE
 from bottleneck_clf.images import BadImage, decode_rgb, list_files
 from bottleneck_clf.params import check_threshold
@@ -46,13 +46,13 @@ def read_classes(model_path: Path, classes_path: Path | None, n_outputs: int) ->
     path = classes_path or model_path.parent / CLASSES_FILE
     if not path.exists():
         if classes_path is not None:
-            raise ValueError(f"{path}: not found; pass the classes.json written beside the exported model")
+            raise UserError(f"{path}: not found; pass the classes.json written beside the exported model")
         print(f"predict: {path} not found; naming classes by index, threshold {DEFAULT_THRESHOLD}", file=sys.stderr)
         return [str(i) for i in range(n_outputs)], DEFAULT_THRESHOLD
     info = json.loads(path.read_text(encoding="utf-8"))
     classes = info["classes"]
     if len(classes) != n_outputs:
-        raise ValueError(f"{path}: lists {len(classes)} classes but {model_path} outputs {n_outputs}; "
+        raise UserError(f"{path}: lists {len(classes)} classes but {model_path} outputs {n_outputs}; "
                          "use the classes.json exported with this model")
     return classes, read_threshold(path, info, len(classes))
 
@@ -65,12 +65,12 @@ def read_threshold(path: Path, info: dict, n_classes: int) -> float:
         return DEFAULT_THRESHOLD
     threshold = info["threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1:
-        raise ValueError(f"{path}: threshold must be a number in (0, 1), got {threshold!r}; "
+        raise UserError(f"{path}: threshold must be a number in (0, 1), got {threshold!r}; "
                          "rerun `dvc repro export` to write a valid one")
     try:
         return check_threshold(threshold, n_classes)
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}, then rerun `dvc repro export`") from None
+        raise UserError(f"{path}: {exc}, then rerun `dvc repro export`") from None
 
 
 def choose(probs: np.ndarray, threshold: float) -> int:
@@ -95,20 +95,19 @@ def classify(model, files: list[Path]):
         yield path, np.asarray(model(image[None], training=False), np.float64)[0], None
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", type=Path, help="exported model.keras (data/models/classifier/model.keras)")
-    parser.add_argument("images", nargs="+", help="image files or folders")
-    parser.add_argument("--output", type=Path, help="write a CSV with every class's probability here")
-    parser.add_argument("--classes", type=Path, help="classes.json (default: the one beside MODEL)")
-    args = parser.parse_args(argv)
+def predict(model_path: Path, targets: list[str], output: Path | None = None,
+            classes_path: Path | None = None) -> int:
+    """Classify `targets` (files and folders) with the exported model; the exit status (1: nothing classified)."""
+    model_path = Path(model_path)
+    output = None if output is None else Path(output)
+    classes_path = None if classes_path is None else Path(classes_path)
+    if not model_path.is_file():
+        raise UserError(f"{model_path}: model file not found; run `dvc repro export` to make one")
     import keras
 
-    if not args.model.is_file():
-        parser.error(f"{args.model}: model file not found; run `dvc repro export` to make one")
-    model = keras.saving.load_model(args.model, compile=False)
-    classes, threshold = read_classes(args.model, args.classes, int(model.output_shape[-1]))
-    files, failures = find_images(args.images)
+    model = keras.saving.load_model(model_path, compile=False)
+    classes, threshold = read_classes(model_path, classes_path, int(model.output_shape[-1]))
+    files, failures = find_images(targets)
     rows = []
     for path, probs, error in classify(model, files):
         if error is not None:
@@ -116,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         best = choose(probs, threshold)
         rows.append((path, classes[best], probs[best], probs))
-        if args.output is None:
+        if output is None:
             print(f"{path},{classes[best]},{probs[best]:.6f}")
-    if args.output is not None:
-        with atomic_path(args.output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+    if output is not None:
+        with atomic_path(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["path", "class", "probability", *[f"p_{c}" for c in classes], "error"])
             for path, name, prob, probs in rows:
@@ -128,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 writer.writerow([str(path), "", "", *[""] * len(classes), error])
     for path, error in failures:
         print(f"predict: {path}: skipped: {error}", file=sys.stderr)
-    where = f" -> {args.output}" if args.output else ""
+    where = f" -> {output}" if output else ""
     print(f"predict: {len(rows)} classified, {len(failures)} not readable{where}", file=sys.stderr)
     return 0 if rows else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

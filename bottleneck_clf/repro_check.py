@@ -13,17 +13,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
 from bottleneck_clf import machine
+from bottleneck_clf.errors import UserError
 from bottleneck_clf.images import list_files
 
 LOCK = "dvc.lock"
@@ -43,7 +42,7 @@ def run(*command: str, check: bool = True, env: dict | None = None) -> subproces
     environment = {**os.environ, **env} if env else None
     result = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
     if check and result.returncode != 0:
-        raise RuntimeError(f"`{' '.join(command)}` failed ({result.returncode}):\n{result.stderr.strip()}")
+        raise UserError(f"`{' '.join(command)}` failed ({result.returncode}):\n{result.stderr.strip()}")
     return result
 
 
@@ -171,7 +170,9 @@ def ensure_inputs(raw: Path) -> str:
     if pointer.exists():
         run("dvc", "pull", str(pointer))
         return f"inputs: pulled {raw} with dvc pull"
-    run(sys.executable, "-m", "stages.demo_data", "--out", str(raw))
+    from bottleneck_clf.demo import write_demo_set
+
+    write_demo_set(raw)
     return f"inputs: regenerated the demo images in {raw}"
 
 
@@ -217,32 +218,22 @@ def check(rev: str, tolerance: float | None, requested: str) -> tuple[list[str],
     return findings, strict
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rev", default="HEAD", help="the commit whose dvc.lock and metrics to check (HEAD)")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--strict", action="store_const", const="strict", dest="mode",
-                      help="compare every output hash and exact metrics whatever machine made dvc.lock")
-    mode.add_argument("--metrics-only", action="store_const", const="metrics", dest="mode",
-                      help="compare metrics only (within the tolerances), whatever machine made dvc.lock")
-    parser.add_argument("--tolerance", type=float, default=None,
-                        help="one absolute tolerance for every metric instead of the built-in table")
-    parser.set_defaults(mode="auto")
-    args = parser.parse_args(argv)
-    if args.tolerance is not None and args.tolerance < 0:
-        parser.error("--tolerance must be >= 0")
-    findings, strict = check(args.rev, args.tolerance, args.mode)
+def check_repro(rev: str = "HEAD", tolerance: float | None = None, mode: str = "auto") -> int:
+    """Print what `check` found and the verdict; 0 when `rev` reproduces, else 1.
+
+    mode: "auto" (chosen from the machine records), "strict" or "metrics"; tolerance: one absolute tolerance
+    for every metric instead of TOLERANCES.
+    """
+    if tolerance is not None and tolerance < 0:
+        raise UserError(f"tolerance must be >= 0, got {tolerance:g}")
+    findings, strict = check(rev, tolerance, mode)
     for line in findings:
         print(line)
     if findings:
-        print(f"check_repro: FAILED, {len(findings)} finding(s)")
+        print(f"check-repro: FAILED, {len(findings)} finding(s)")
         return 1
     what = "output hashes and metrics exactly" if strict else "metrics within tolerance"
-    if args.tolerance is not None:
-        what += f" (--tolerance {args.tolerance:g})"
-    print(f"check_repro: OK, {args.rev} reproduces: {what}")
+    if tolerance is not None:
+        what += f" (--tolerance {tolerance:g})"
+    print(f"check-repro: OK, {rev} reproduces: {what}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

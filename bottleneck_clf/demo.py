@@ -7,7 +7,6 @@ marker lists, and only when every file there still has the bytes it wrote.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -17,12 +16,17 @@ import numpy as np
 from PIL import Image
 
 from bottleneck_clf.atomic import atomic_path, write_json
+from bottleneck_clf.errors import UserError
 from bottleneck_clf.images import list_files
 
 # Hidden, so prepare ignores it. JSON: every file the demo wrote, with its sha256, so that a rerun can prove
 # a file is its own and unchanged before deleting it.
 MARKER = ".demo-digits"
 SHOWN = 5  # files named in a refusal; the rest are counted
+# The marker's "written_by", kept byte for byte from when the demo was `python -m stages.demo_data`: the marker
+# is part of data/raw's hash in dvc.lock, so new text would make every committed demo run look stale.
+WRITTEN_BY = "python -m stages.demo_data"
+MAX_PER_CLASS = 170  # the fewest digits of any class in scikit-learn's set
 
 
 def render_digits(per_class: int, size: int) -> dict[str, bytes]:
@@ -52,7 +56,7 @@ def read_marker(raw: Path) -> dict[str, str]:
     except (ValueError, KeyError, TypeError):
         files = None
     if not isinstance(files, dict):
-        raise SystemExit(
+        raise UserError(
             f"{raw / MARKER} does not list the files the demo wrote (an older demo made it), so the demo cannot "
             f"tell its images from yours and deletes nothing. If {raw} holds only the demo, delete it and rerun."
         )
@@ -77,7 +81,7 @@ def remove_earlier_demo(raw: Path) -> None:
     problems = not_removable(raw, written)
     if problems:
         more = f"\n  ... and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
-        raise SystemExit(
+        raise UserError(
             f"{raw} holds an earlier demo, but {len(problems)} file(s) there are not the demo's own:\n  "
             + "\n  ".join(problems[:SHOWN]) + more + "\n"
             f"Nothing was deleted. Move those files out of {raw} and rerun, or pass --out to another folder."
@@ -88,38 +92,33 @@ def remove_earlier_demo(raw: Path) -> None:
 
 def write_demo(raw: Path, files: dict[str, bytes]) -> None:
     # The list goes first: a run killed halfway leaves only files that the list vouches for.
-    write_json(raw / MARKER, {"written_by": "python -m stages.demo_data",
+    write_json(raw / MARKER, {"written_by": WRITTEN_BY,
                               "files": {key: sha256(data) for key, data in files.items()}})
     for key, data in files.items():
         with atomic_path(raw / key) as tmp:
             tmp.write_bytes(data)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="target folder (default: paths.raw in dvc.yaml)")
-    parser.add_argument("--per-class", type=int, default=40, help="images per digit, at most 170 (default 40)")
-    parser.add_argument("--size", type=int, default=64, help="side of the saved PNGs in pixels (default 64)")
-    args = parser.parse_args(argv)
-    if not 1 <= args.per_class <= 170:
-        parser.error("--per-class must be between 1 and 170")
-    if args.out is None:
+def write_demo_set(raw: Path | None = None, per_class: int = 40, size: int = 64) -> tuple[Path, int]:
+    """Write the demo into `raw` (default: paths.raw in dvc.yaml), replacing an earlier demo.
+
+    Returns (the folder, the number of images written).
+    """
+    if not 1 <= per_class <= MAX_PER_CLASS:
+        raise UserError(f"per_class must be between 1 and {MAX_PER_CLASS}, got {per_class}")
+    if raw is None:
         from bottleneck_clf.paths import project_paths
 
-        args.out = project_paths()["raw"]
-    raw: Path = args.out
+        raw = project_paths()["raw"]
+    raw = Path(raw)
     if raw.exists() and list_files(raw) and not (raw / MARKER).exists():
-        raise SystemExit(
+        raise UserError(
             f"{raw} already holds {len(list_files(raw))} files that are not the demo; the demo never "
             "overwrites your images. Move them away or pass --out to another folder."
         )
-    files = render_digits(args.per_class, args.size)
+    files = render_digits(per_class, size)
     if (raw / MARKER).exists():
         # A new run replaces the old demo wholesale, so --per-class can shrink it.
         remove_earlier_demo(raw)
     write_demo(raw, files)
-    print(f"demo_data: wrote {len(files)} digit images (10 classes, {args.size}x{args.size} PNG) into {raw}")
-
-
-if __name__ == "__main__":
-    main()
+    return raw, len(files)
