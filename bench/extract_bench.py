@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +32,10 @@ import psutil
 from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "bottleneck_clf", "data/weights/user/README.md")
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from project_copy import copy_project  # noqa: E402
 
 
 def sh(command: list[str], cwd: Path, env: dict) -> tuple[float, str]:
@@ -44,13 +48,7 @@ def sh(command: list[str], cwd: Path, env: dict) -> tuple[float, str]:
 
 
 def make_repo(path: Path, images: Path, only_validation: bool = False) -> Path:
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, path / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (path / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, path / name)
+    copy_project(path)
     if only_validation:
         # 800 images, split into train/validation by prepare: the same settings on fewer images.
         shutil.copytree(images / "validation", path / "data/raw")
@@ -100,10 +98,12 @@ def ratio_benchmark(repo: Path, images: list[Path], params: dict) -> tuple[float
     """(bare predict img/s, pipeline img/s) on the same files, same model, same batch size."""
     import keras
 
+    from bottleneck_clf.config import ExtractConfig
     from bottleneck_clf.features import build_extractor, fill_features
     from bottleneck_clf.images import load_array
 
-    size, batch = params["image_size"], params["batch_size"]
+    extract = ExtractConfig.from_mapping(params)
+    size, batch = extract.image_size, extract.batch_size
     model = build_extractor(repo / "data/weights/vgg16_notop.weights.h5", size, params["pooling"])
     decoded = np.stack([load_array(p, size, params["interpolation"]) for p in images])
     x = keras.applications.vgg16.preprocess_input(decoded.astype(np.float32))
@@ -115,10 +115,9 @@ def ratio_benchmark(repo: Path, images: list[Path], params: dict) -> tuple[float
     out = np.zeros((len(images), *model.output_shape[1:]), np.float32)
     # Real digests: the pipeline checks each file's bytes against them (duplicates would be encoded once).
     digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in images]
-    fill_features(model, [str(p) for p in images[:batch]], digests[:batch], out[:batch], None, size,
-                  params["interpolation"], batch)
+    fill_features(model, [str(p) for p in images[:batch]], digests[:batch], out[:batch], None, extract)
     started = time.perf_counter()
-    fill_features(model, [str(p) for p in images], digests, out, None, size, params["interpolation"], batch)
+    fill_features(model, [str(p) for p in images], digests, out, None, extract)
     pipeline = len(images) / (time.perf_counter() - started)
     return bare, pipeline
 

@@ -50,14 +50,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cats-dogs-small")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
     args = parser.parse_args()
+    from bottleneck_clf.config import HeadConfig
+    from bottleneck_clf.evaluation import predict_labels
     from bottleneck_clf.features import load_meta, load_split
-    from bottleneck_clf.head import probabilities, seed_everything, stopping_sets
-    from stages.evaluate import predict_labels
-    from stages.train_head import train_head
+    from bottleneck_clf.head import probabilities, seed_everything, stopping_sets, train_head
 
     work = Path(tempfile.mkdtemp(prefix="precision-seeds-"))
     repo = make_repo(work / "repo", args.data)
-    head = yaml.safe_load((ROOT / "params.yaml").read_text())["head"]
+    head = HeadConfig.from_mapping(yaml.safe_load((ROOT / "params.yaml").read_text())["head"])
     accuracy: dict[str, list[float]] = {}
     for precision in PRECISIONS:
         features = extract(repo, precision)
@@ -68,7 +68,7 @@ def main() -> None:
         for seed in args.seeds:
             seed_everything(seed)
             # Early stopping on a slice of training, as the pipeline does: validation stays unseen.
-            fit, stop, _ = stopping_sets(train, validation, False, head["early_stopping_fraction"], seed)
+            fit, stop, _ = stopping_sets(train, validation, False, head.early_stopping_fraction, seed)
             model, _, _ = train_head(fit, stop, n_classes, head, seed)
             predicted = predict_labels(probabilities(model, validation[0]), 0.5)
             accuracy[precision].append(float(np.mean(predicted == validation[1])))

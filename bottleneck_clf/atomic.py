@@ -57,6 +57,22 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_shared(target: Path, data: bytes) -> None:
+    """`data` into `target` by temporary file and rename, for files several processes may write at once.
+
+    Not atomic_path: its sweep of stale temporary files would delete a concurrent writer's. The temporary name,
+    `.<name>.<random>.tmp`, is what feature_cache.prune removes once old (a killed writer's).
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        # Concurrent writers of one key write identical bytes; the rename makes each appear whole.
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def write_text(target: str | Path, text: str) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")

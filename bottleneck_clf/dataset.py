@@ -14,6 +14,7 @@ from bottleneck_clf.errors import UserError
 from bottleneck_clf.images import BadImage, decode_rgb, list_files
 
 SPLITS = ("train", "validation", "test")
+MANIFEST = "manifest.csv"  # inside the prepare stage's output folder
 MANIFEST_FIELDS = ("path", "sha256", "label", "split")
 
 

@@ -12,16 +12,20 @@ model gives the probabilities evaluate scored; everything after them is float32,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 from keras import layers
 
+from bottleneck_clf.config import ExtractConfig
 from bottleneck_clf.features import build_extractor
 from bottleneck_clf.images import RESIZE_METHODS
 
 IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+# Inside the export stage's output folder.
 CLASSES_FILE = "classes.json"
-MODEL_FILE = "model.keras"
+CLASSIFIER_FILE = "model.keras"
 
 
 def vgg_preprocessing() -> layers.Conv2D:
@@ -43,24 +47,26 @@ def two_columns() -> layers.Dense:
     return layer
 
 
-def build_classifier(weights, top: keras.Model, blocks: int, image_size: int, interpolation: str,
-                     n_classes: int, precision: str = "float32") -> keras.Model:
+def build_classifier(weights, top: keras.Model, blocks: int, n_classes: int, extract: ExtractConfig) -> keras.Model:
     """Raw images -> class probabilities, with `top` after the frozen VGG16 blocks below the top `blocks`.
 
-    blocks=0: the whole conv base is frozen and `top` is pooling + head. `precision` is the frozen blocks'
-    (bfloat16: Keras' mixed_bfloat16 policy, as in extraction); `top` keeps its own float32 layers.
+    blocks=0: the whole conv base is frozen and `top` is pooling + head. The images are resized as `extract`
+    says, and the frozen blocks compute in its precision (bfloat16: Keras' mixed_bfloat16 policy, as in
+    extraction); `top` keeps its own float32 layers.
     """
     from bottleneck_clf.finetune import split_layer
 
-    if interpolation not in RESIZE_METHODS:
-        raise ValueError(f"unknown interpolation {interpolation!r}; valid choices: {', '.join(RESIZE_METHODS)}")
+    if extract.interpolation not in RESIZE_METHODS:
+        raise ValueError(f"unknown interpolation {extract.interpolation!r}; valid choices: "
+                         f"{', '.join(RESIZE_METHODS)}")
+    size = extract.image_size
     inputs = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")
     x = layers.Rescaling(1.0, name="to_float")(inputs)
-    x = layers.Resizing(image_size, image_size, interpolation=RESIZE_METHODS[interpolation], antialias=True,
+    x = layers.Resizing(size, size, interpolation=RESIZE_METHODS[extract.interpolation], antialias=True,
                         name="resize")(x)
     x = vgg_preprocessing()(x)
     last_frozen = split_layer(blocks) if blocks else "block5_pool"
-    frozen = build_extractor(weights, image_size, "flatten", precision, output=last_frozen)
+    frozen = build_extractor(weights, size, "flatten", extract.precision, output=last_frozen)
     x = frozen(x, training=False)
     x = top(x, training=False)
     if n_classes == 2:
@@ -68,3 +74,36 @@ def build_classifier(weights, top: keras.Model, blocks: int, image_size: int, in
     model = keras.Model(inputs, x, name="bottleneck_classifier")
     model.trainable = False
     return model
+
+
+def load_top(finetuned: Path, head_file: Path, meta: dict):
+    """(top model, conv blocks it holds, what it came from, the extraction settings evaluate scored it with).
+
+    The settings are the fine-tuning recipe's when there is a fine-tuned top (evaluate rebuilds its input from
+    them), else those the features were extracted with (`meta`, the features' meta.json).
+    """
+    from bottleneck_clf.finetune import TOP_FILE, build_top, read_recipe
+
+    if (finetuned / TOP_FILE).exists():
+        recipe = read_recipe(finetuned)
+        top = keras.saving.load_model(finetuned / TOP_FILE, compile=False)
+        return top, recipe["blocks"], "finetuned", ExtractConfig.from_mapping(recipe)
+    extract = ExtractConfig.from_mapping(meta["fingerprint"])
+    side = extract.image_size // 32
+    head = keras.saving.load_model(head_file, compile=False)
+    return build_top((side, side, 512), 0, extract.pooling, None, head), 0, "head", extract
+
+
+def classes_record(classes: list[str], threshold: float, extract: ExtractConfig, source: str) -> dict:
+    """classes.json: what predict needs beside the model, and what the model expects and gives."""
+    return {
+        "classes": classes,
+        "input": "uint8 RGB images, shape (batch, height, width, 3), any height and width",
+        "output": "class probabilities, shape (batch, number of classes), in the order of `classes`",
+        "threshold": threshold,
+        "decision": "two classes: the second when its probability reaches `threshold`; more: the most probable",
+        "image_size": extract.image_size,
+        "interpolation": extract.interpolation,
+        "precision": extract.precision,
+        "trained": source,
+    }

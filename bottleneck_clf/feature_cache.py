@@ -21,13 +21,13 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from bottleneck_clf.atomic import write_shared
 from bottleneck_clf.paths import cache_dir
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -101,29 +101,18 @@ class FeatureCache:
         if not path.parent.is_dir():
             self._make_directory()  # (again, if prune removed it since)
             path.parent.mkdir(exist_ok=True)
-        write_atomically(path, data)
+        write_shared(path, data)
 
     def _make_directory(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         description = self.directory / FINGERPRINT_FILE
         if not description.exists():
-            write_atomically(description, json.dumps(self.fingerprint, indent=2, sort_keys=True).encode())
+            write_shared(description, json.dumps(self.fingerprint, indent=2, sort_keys=True).encode())
 
     def _give_up_writing(self, exc: OSError) -> None:
         self.writable = False
         print(f"warning: feature cache {self.directory}: cannot write ({exc}); this run goes on without storing "
               "features. Free space, or point BOTTLENECK_FEATURE_CACHE at a writable folder.", file=sys.stderr)
-
-
-def write_atomically(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        # Concurrent writers of one key write identical bytes; the rename makes each appear whole.
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 class Pruned(NamedTuple):
@@ -132,23 +121,20 @@ class Pruned(NamedTuple):
     freed: int  # bytes
 
 
-def prune(root: str | Path, older_than_days: float | None = None, keep: set[str] | None = None) -> Pruned:
-    """Delete entries unused for `older_than_days` (all entries when None), sparing fingerprints in `keep`.
+def prune(root: str | Path, older_than_days: float | None = None) -> Pruned:
+    """Delete entries unused for `older_than_days` (all entries when None).
 
     Temporary files older than STALE_TMP_SECONDS (killed writers) go too; younger ones may be a live writer's.
     Safe beside running readers and writers: files are unlinked one by one (a reader already holding an entry
     keeps its value) and folders are removed only when empty (os.rmdir fails on a folder being written into).
     """
     root = Path(root)
-    keep = keep or set()
     now = time.time()
     cutoff = None if older_than_days is None else now - older_than_days * 86400
     entries = leftovers = freed = 0
     if not root.is_dir():
         return Pruned(0, 0, 0)
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if folder.name in keep:
-            continue
         try:
             for path in folder.rglob("*.npy"):
                 size = _remove_if_older(path, cutoff)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bottleneck_clf import images, vgg_weights
+from bottleneck_clf.config import ExtractConfig
 from bottleneck_clf.errors import UserError
 from bottleneck_clf.feature_cache import FeatureCache
 from bottleneck_clf.images import decode_rgb, resize
@@ -74,8 +75,7 @@ def build_extractor(weights, image_size: int, pooling: str, precision: str = "fl
     return base
 
 
-def fingerprint(weights_digest: str, image_size: int, interpolation: str, pooling: str, precision: str,
-                batch_size: int) -> dict:
+def fingerprint(weights_digest: str, extract: ExtractConfig) -> dict:
     """Everything that changes a feature value, down to float round-off."""
     import keras
     import PIL
@@ -85,12 +85,12 @@ def fingerprint(weights_digest: str, image_size: int, interpolation: str, poolin
         # Not a name someone must remember to bump: a digest of the code itself (feature_code).
         "code": source_digest(*feature_code()),
         "weights_digest": weights_digest,
-        "image_size": image_size,
-        "interpolation": interpolation,
-        "pooling": pooling,
-        "precision": precision,
+        "image_size": extract.image_size,
+        "interpolation": extract.interpolation,
+        "pooling": extract.pooling,
+        "precision": extract.precision,
         # oneDNN may pick other kernels for another batch shape: equal to round-off, not bitwise.
-        "batch_size": batch_size,
+        "batch_size": extract.batch_size,
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "pillow": PIL.__version__},
     }
 
@@ -164,8 +164,8 @@ def iter_features(model, paths: list[str], image_size: int, interpolation: str, 
         raise
 
 
-def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, cache, image_size: int,
-                  interpolation: str, batch_size: int, desc: str = "extract") -> tuple[int, int]:
+def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, cache, extract: ExtractConfig,
+                  desc: str = "extract") -> tuple[int, int]:
     """Fill `out` row by row from `cache`, encoding only images (by content) it lacks.
 
     Returns (encoded, from cache). Duplicates are encoded once. `cache` may be None.
@@ -190,7 +190,8 @@ def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, 
     with tqdm(total=len(todo), desc=f"{desc} ({from_cache} from cache)", unit="img", mininterval=2.0) as bar:
         start = 0
         todo_paths = [paths[rows_of[d][0]] for d in todo]
-        for values in iter_features(model, todo_paths, image_size, interpolation, batch_size, todo):
+        for values in iter_features(model, todo_paths, extract.image_size, extract.interpolation, extract.batch_size,
+                                    todo):
             for digest, value in zip(todo[start : start + len(values)], values, strict=True):
                 out[rows_of[digest]] = value
                 if cache is not None:
@@ -202,35 +203,51 @@ def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, 
     return len(todo), from_cache
 
 
-def fill_memmap(target: Path, model, paths: list[str], digests: list[str], shape: tuple[int, ...], cache,
-                image_size: int, interpolation: str, batch_size: int, desc: str) -> tuple[int, int]:
+def fill_memmap(target: Path, model, paths: list[str], digests: list[str], *, shape: tuple[int, ...], cache,
+                extract: ExtractConfig, desc: str) -> tuple[int, int]:
     """`fill_features` streamed into a new `.npy` file at `target`: memory is bounded by the batch size."""
     out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=(len(paths), *shape))
-    counts = fill_features(model, paths, digests, out, cache, image_size, interpolation, batch_size, desc=desc)
+    counts = fill_features(model, paths, digests, out, cache, extract, desc=desc)
     out.flush()
     del out
     return counts
 
 
-def extract_features(paths: list[str], weights, image_size: int, batch_size: int, pooling: str = "avg",
-                     interpolation: str = "bilinear", precision: str = "float32") -> np.ndarray:
-    """Features of `paths` as one in-memory array (for small sets; the stage streams to disk instead)."""
-    model = build_extractor(weights, image_size, pooling, precision)
-    batches = list(iter_features(model, paths, image_size, interpolation, batch_size))
-    return np.concatenate(batches) if batches else np.zeros((0, *feature_shape(image_size, pooling)), np.float32)
+class Extractor:
+    """The frozen conv base for one `extract` setting, with the feature cache of exactly that setting."""
+
+    def __init__(self, weights, extract: ExtractConfig, cache_root: Path):
+        self.extract = extract
+        self.fingerprint = fingerprint(vgg_weights.weights_digest(weights), extract)
+        self.cache = FeatureCache(cache_root, self.fingerprint)
+        self.model = build_extractor(weights, extract.image_size, extract.pooling, extract.precision)
+        self.shape = feature_shape(extract.image_size, extract.pooling)
+
+    def write_split(self, directory: Path, split: str, entries: list, raw: Path, classes: list[str]):
+        """Features, labels and ids of the manifest `entries` of one split, as `.npy` files in `directory`.
+
+        Returns (encoded, from cache), as `fill_features`.
+        """
+        files = split_files(directory, split)
+        counts = fill_memmap(files["features"], self.model, [str(raw / e.path) for e in entries],
+                             [e.sha256 for e in entries], shape=self.shape, cache=self.cache, extract=self.extract,
+                             desc=f"extract {split}")
+        np.save(files["labels"], np.array([classes.index(e.label) for e in entries], np.int32))
+        np.save(files["ids"], np.array([e.path for e in entries], dtype=np.str_))
+        return counts
 
 
 def split_files(directory: Path, split: str) -> dict[str, Path]:
     return {kind: directory / f"{split}_{kind}.npy" for kind in ("features", "labels", "ids")}
 
 
-def load_split(directory: str | Path, split: str, mmap: bool = True):
+def load_split(directory: str | Path, split: str):
     """(features, labels, ids) of one split; features are memory-mapped so nothing is read until used."""
     files = split_files(Path(directory), split)
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise UserError(f"{', '.join(missing)}: missing; rerun `dvc repro extract_features`")
-    features = np.load(files["features"], mmap_mode="r" if mmap else None, allow_pickle=False)
+    features = np.load(files["features"], mmap_mode="r", allow_pickle=False)
     labels = np.load(files["labels"], allow_pickle=False)
     ids = np.load(files["ids"], allow_pickle=False)
     return features, labels, ids

@@ -14,12 +14,13 @@ import keras
 import numpy as np
 from keras import layers
 
+from bottleneck_clf.config import ExtractConfig, FinetuneConfig
 from bottleneck_clf.vgg_weights import VGG16_CONV_LAYERS
 
 BLOCKS = (1, 2, 3, 4)
 TOP_NAME = "top"
 # Inside the finetune stage's output folder.
-MODEL_FILE = "model.keras"
+TOP_FILE = "model.keras"
 RECIPE_FILE = "recipe.json"
 
 
@@ -80,7 +81,7 @@ def augmentation(flip: bool, rotation: float, zoom: float, seed: int) -> keras.S
     return keras.Sequential(steps, name="augmentation")
 
 
-def finetune(fit: tuple, stop: tuple, top: keras.Model, n_classes: int, settings: dict, seed: int,
+def finetune(fit: tuple, stop: tuple, top: keras.Model, n_classes: int, config: FinetuneConfig, seed: int,
              callbacks: list | None = None) -> tuple[dict, int]:
     """Train `top` on (maps, labels, rows) with augmentation in front; returns (history, kept epoch).
 
@@ -89,45 +90,63 @@ def finetune(fit: tuple, stop: tuple, top: keras.Model, n_classes: int, settings
     from bottleneck_clf.head import fit_kept, loss_for
 
     inputs = keras.Input(shape=top.input_shape[1:], name="frozen_maps")
-    augment = augmentation(settings["flip"], settings["rotation"], settings["zoom"], seed)
+    augment = augmentation(config.flip, config.rotation, config.zoom, seed)
     model = keras.Model(inputs, top(augment(inputs)), name="finetune")
-    model.compile(optimizer=keras.optimizers.SGD(settings["learning_rate"], momentum=settings["momentum"]),
+    model.compile(optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum),
                   loss=loss_for(n_classes), metrics=["accuracy"])
-    return fit_kept(model, fit, stop, settings["epochs"], settings["batch_size"], settings["patience"], seed,
-                    callbacks)
+    return fit_kept(model, fit, stop, config, seed, callbacks)
 
 
-def recipe(extract: dict, blocks: int) -> dict:
+RECIPE_KEYS = ("image_size", "interpolation", "pooling", "precision", "batch_size")  # recipe.json's order
+
+
+def recipe(extract: ExtractConfig, blocks: int) -> dict:
     """What a fine-tuned top was trained on; saved beside it so evaluate and export rebuild the same input."""
-    keys = ("image_size", "interpolation", "pooling", "precision", "batch_size")
-    return {"blocks": blocks, **{key: extract[key] for key in keys}}
+    return {"blocks": blocks, **{key: getattr(extract, key) for key in RECIPE_KEYS}}
+
+
+def read_recipe(finetuned: Path) -> dict:
+    import json
+
+    return json.loads((finetuned / RECIPE_FILE).read_text(encoding="utf-8"))
 
 
 class FrozenMaps:
     """Outputs of the frozen blocks for lists of images, each image encoded once per recipe (feature cache)."""
 
-    def __init__(self, weights, recipe: dict, cache_root: Path):
+    def __init__(self, weights, extract: ExtractConfig, blocks: int, cache_root: Path):
         from bottleneck_clf.feature_cache import FeatureCache
         from bottleneck_clf.features import build_extractor, fingerprint, source_digest
         from bottleneck_clf.vgg_weights import weights_digest
 
-        self.recipe = recipe
-        size, blocks = recipe["image_size"], recipe["blocks"]
-        settings = fingerprint(weights_digest(weights), size, recipe["interpolation"], "flatten",
-                               recipe["precision"], recipe["batch_size"])
+        self.extract = extract
+        settings = fingerprint(weights_digest(weights), extract)
         # This class and the helpers it calls choose which layer the maps come from: their code is in the key
         # (not the whole module, so editing the training loop keeps the maps).
         code = source_digest(FrozenMaps, split_layer, map_shape)
+        # The maps stop before any pooling, whatever extract.pooling is: "none" in the key.
         self.cache = FeatureCache(cache_root, {**settings, "pooling": "none", "output": split_layer(blocks),
                                                "frozen_maps_code": code})
-        self.model = build_extractor(weights, size, "flatten", recipe["precision"], output=split_layer(blocks))
-        self.shape = map_shape(size, blocks)
+        self.model = build_extractor(weights, extract.image_size, "flatten", extract.precision,
+                                     output=split_layer(blocks))
+        self.shape = map_shape(extract.image_size, blocks)
 
     def compute(self, paths: list[str], digests: list[str], target: Path, desc: str):
         """(memory-mapped maps, encoded, from cache), the maps streamed into the `.npy` file `target`."""
         from bottleneck_clf.features import fill_memmap
 
-        encoded, hit = fill_memmap(target, self.model, paths, digests, self.shape, self.cache,
-                                   self.recipe["image_size"], self.recipe["interpolation"],
-                                   self.recipe["batch_size"], desc)
+        encoded, hit = fill_memmap(target, self.model, paths, digests, shape=self.shape, cache=self.cache,
+                                   extract=self.extract, desc=desc)
         return np.load(target, mmap_mode="r"), encoded, hit
+
+
+def split_maps(frozen: FrozenMaps, entries: list, split: str, raw: Path, classes: list[str], scratch: Path):
+    """(maps, labels) of one split of the manifest `entries`, the maps memory-mapped from a file in `scratch`.
+
+    Outside FrozenMaps on purpose: that class's source is in the maps' cache key, and this one changes no map.
+    """
+    rows = [e for e in entries if e.split == split]
+    maps, encoded, hit = frozen.compute([str(raw / e.path) for e in rows], [e.sha256 for e in rows],
+                                        scratch / f"{split}.npy", desc=f"frozen blocks {split}")
+    print(f"finetune: {split}: {len(rows)} images, {encoded} through the frozen blocks, {hit} from the cache")
+    return maps, np.array([classes.index(e.label) for e in rows], np.int32)

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import random
 
 import keras
 import numpy as np
 from keras import layers
 
+from bottleneck_clf.config import HeadConfig
 from bottleneck_clf.params import OPTIMIZERS
 
 
 def seed_everything(seed: int) -> None:
-    """Python, NumPy and Keras from one seed, and deterministic TensorFlow kernels."""
+    """Python, NumPy and Keras from one seed, and deterministic TensorFlow kernels.
+
+    Not PYTHONHASHSEED: the interpreter reads it only at start-up, so setting it here changed nothing.
+    """
     import tensorflow as tf
 
-    os.environ["PYTHONHASHSEED"] = str(seed)
     random.seed(seed)
     np.random.seed(seed)
     keras.utils.set_random_seed(seed)
@@ -133,24 +135,42 @@ def stopping_sets(train: tuple, validation: tuple, has_test: bool, fraction: flo
     return (*train, fit_rows), (*train, stop_rows), STOP_SLICE
 
 
-def fit_kept(model, fit: tuple, stop: tuple, epochs: int, batch_size: int, patience: int, seed: int,
-             callbacks: list | None = None, stop_batch_size: int | None = None) -> tuple[dict, int]:
-    """Fit with early stopping on `stop`; returns (history per epoch, index of the epoch whose weights are kept)."""
+def fit_kept(model, fit: tuple, stop: tuple, config, seed: int, callbacks: list | None = None,
+             stop_batch_size: int | None = None) -> tuple[dict, int]:
+    """Fit with early stopping on `stop`; returns (history per epoch, index of the epoch whose weights are kept).
+
+    `config` is the training section (HeadConfig or FinetuneConfig): its epochs, batch_size and patience.
+    """
     callbacks = list(callbacks or [])
     stopper = None
-    if patience > 0:
-        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True,
-                                                verbose=1)
+    if config.patience > 0:
+        stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
+                                                restore_best_weights=True, verbose=1)
         # First, so that the best weights are back before the loggers close.
         callbacks.insert(0, stopper)
     history = model.fit(
-        FeatureBatches(*fit, batch_size=batch_size, shuffle=True, seed=seed),
-        validation_data=FeatureBatches(*stop, batch_size=stop_batch_size or batch_size, shuffle=False, seed=seed),
-        epochs=epochs, callbacks=callbacks, verbose=2,
+        FeatureBatches(*fit, batch_size=config.batch_size, shuffle=True, seed=seed),
+        validation_data=FeatureBatches(*stop, batch_size=stop_batch_size or config.batch_size, shuffle=False,
+                                       seed=seed),
+        epochs=config.epochs, callbacks=callbacks, verbose=2,
     ).history
     # Without early stopping the last epoch is what gets saved.
     kept = stopper.best_epoch if stopper is not None else len(history["loss"]) - 1
     return history, int(kept)
+
+
+def train_head(fit: tuple, stop: tuple, n_classes: int, config: HeadConfig, seed: int,
+               callbacks: list | None = None):
+    """Train a head on (features, labels, rows) to fit and to stop on; returns (model, history, kept epoch)."""
+    model = build_head(fit[0].shape[1:], n_classes, config.units, config.dropout)
+    compile_head(model, n_classes, config.optimizer, config.learning_rate)
+    history, kept = fit_kept(model, fit, stop, config, seed, callbacks, stop_batch_size=max(config.batch_size, 256))
+    return model, history, kept
+
+
+def stop_images(stop: tuple) -> int:
+    """How many images the stop set (features, labels, rows) holds: its rows, or all of it."""
+    return len(stop[2]) if stop[2] is not None else len(stop[1])
 
 
 def kept_summary(history: dict, kept: int, stop_images: int) -> dict:

@@ -10,16 +10,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import atomic_dir, write_json
-from bottleneck_clf.dataset import class_names, read_manifest
+from bottleneck_clf.config import load_config
+from bottleneck_clf.dataset import MANIFEST, class_names, read_manifest
 from bottleneck_clf.machine import record as record_machine
-from bottleneck_clf.params import load_params
 from bottleneck_clf.paths import project_paths
-
-MANIFEST = "manifest.csv"
 
 
 def write_disabled(model_dir: Path, metrics_dir: Path) -> None:
@@ -40,57 +36,51 @@ def main() -> None:
     from dvclive.keras import DVCLiveCallback
 
     from bottleneck_clf.feature_cache import feature_cache_dir
-    from bottleneck_clf.finetune import MODEL_FILE, RECIPE_FILE, FrozenMaps, build_top, finetune, recipe
-    from bottleneck_clf.head import kept_message, kept_summary, seed_everything, stopping_sets
+    from bottleneck_clf.finetune import RECIPE_FILE, TOP_FILE, FrozenMaps, build_top, finetune, recipe, split_maps
+    from bottleneck_clf.head import kept_message, kept_summary, seed_everything, stop_images, stopping_sets
     from bottleneck_clf.model_files import save_model
     from bottleneck_clf.vgg_weights import read_weights
 
-    params = load_params()
-    settings = params["finetune"]
+    config = load_config()
+    settings = config.finetune
     paths = project_paths()
     record_machine(paths["machine"], "finetune")  # which CPU made these floats (check_repro reads it)
-    if not settings["enabled"]:
+    if not settings.enabled:
         write_disabled(paths["finetuned"], paths["finetune_metrics"])
         print(f"finetune: disabled (finetune.enabled: false) -> {paths['finetuned']}")
         return
-    seed = params["base"]["seed"]
+    seed = config.base.seed
     seed_everything(seed)
     started = time.perf_counter()
     entries = read_manifest(paths["prepared"] / MANIFEST)
     classes = class_names(entries)
     weights = read_weights(paths["weights"])
-    plan = recipe(params["extract"], settings["blocks"])
-    frozen = FrozenMaps(weights, plan, feature_cache_dir())
-    data = {}
+    frozen = FrozenMaps(weights, config.extract, settings.blocks, feature_cache_dir())
     with tempfile.TemporaryDirectory(prefix="finetune-maps-") as scratch:
-        for split in ("train", "validation"):
-            rows = [e for e in entries if e.split == split]
-            maps, encoded, hit = frozen.compute([str(paths["raw"] / e.path) for e in rows], [e.sha256 for e in rows],
-                                                Path(scratch) / f"{split}.npy", desc=f"frozen blocks {split}")
-            labels = np.array([classes.index(e.label) for e in rows], np.int32)
-            data[split] = (maps, labels)
-            print(f"finetune: {split}: {len(rows)} images, {encoded} through the frozen blocks, {hit} from the cache")
+        data = {split: split_maps(frozen, entries, split, paths["raw"], classes, Path(scratch))
+                for split in ("train", "validation")}
         del frozen
         prepared = time.perf_counter() - started
         # The same images to stop on as train_head's (same labels, fraction and seed).
         fit, stop, stop_name = stopping_sets(data["train"], data["validation"], any(e.split == "test" for e in entries),
-                                             params["head"]["early_stopping_fraction"], seed)
+                                             config.head.early_stopping_fraction, seed)
         head = keras.saving.load_model(paths["model"], compile=False)
         frozen_shape = data["train"][0].shape[1:]
-        top = build_top(frozen_shape, settings["blocks"], plan["pooling"], weights, head)
+        top = build_top(frozen_shape, settings.blocks, config.extract.pooling, weights, head)
         live = Live(str(paths["finetune_metrics"]), dvcyaml=False, save_dvc_exp=False)
         history, kept = finetune(fit, stop, top, len(classes), settings, seed, callbacks=[DVCLiveCallback(live=live)])
-        stop_images = len(stop[2]) if stop[2] is not None else len(stop[1])
+        stopped_on = stop_images(stop)
         del fit, stop
         data.clear()
     with atomic_dir(paths["finetuned"]) as tmp:
-        save_model(top, tmp / MODEL_FILE)
-        write_json(tmp / RECIPE_FILE, {**plan, "input_shape": list(frozen_shape), "classes": classes})
-    summary = {"enabled": True, **kept_summary(history, kept, stop_images)}
+        save_model(top, tmp / TOP_FILE)
+        write_json(tmp / RECIPE_FILE, {**recipe(config.extract, settings.blocks), "input_shape": list(frozen_shape),
+                                       "classes": classes})
+    summary = {"enabled": True, **kept_summary(history, kept, stopped_on)}
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's.
     write_json(paths["finetune_metrics"] / "metrics.json", summary)
     seconds = time.perf_counter() - started
-    print(f"finetune: top {settings['blocks']} block(s) in {seconds:.0f} s ({prepared:.0f} s for the frozen "
+    print(f"finetune: top {settings.blocks} block(s) in {seconds:.0f} s ({prepared:.0f} s for the frozen "
           f"blocks), {kept_message(summary, stop_name)} -> {paths['finetuned']}")
 
 

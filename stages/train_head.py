@@ -4,51 +4,33 @@ from __future__ import annotations
 
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import write_json
+from bottleneck_clf.config import load_config
 from bottleneck_clf.features import load_meta, load_split
-from bottleneck_clf.head import (
-    build_head,
-    compile_head,
-    fit_kept,
-    kept_message,
-    kept_summary,
-    seed_everything,
-    stopping_sets,
-)
+from bottleneck_clf.head import kept_message, kept_summary, seed_everything, stop_images, stopping_sets, train_head
 from bottleneck_clf.machine import record as record_machine
 from bottleneck_clf.model_files import save_model
-from bottleneck_clf.params import load_params
 from bottleneck_clf.paths import project_paths
-
-
-def train_head(fit: tuple, stop: tuple, n_classes: int, settings: dict, seed: int, callbacks: list | None = None):
-    """Train a head on (features, labels, rows) to fit and to stop on; returns (model, history, kept epoch)."""
-    model = build_head(fit[0].shape[1:], n_classes, settings["units"], settings["dropout"])
-    compile_head(model, n_classes, settings["optimizer"], settings["learning_rate"])
-    history, kept = fit_kept(model, fit, stop, settings["epochs"], settings["batch_size"], settings["patience"], seed,
-                             callbacks, stop_batch_size=max(settings["batch_size"], 256))
-    return model, history, kept
 
 
 def main() -> None:
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
-    params = load_params()
-    settings = params["head"]
-    seed = params["base"]["seed"]
+    config = load_config()
+    seed = config.base.seed
     paths = project_paths()
     record_machine(paths["machine"], "train_head")  # which CPU made these floats (check_repro reads it)
     seed_everything(seed)
     meta = load_meta(paths["features"])
     fit, stop, stop_name = stopping_sets(
         load_split(paths["features"], "train")[:2], load_split(paths["features"], "validation")[:2],
-        "test" in meta["counts"], settings["early_stopping_fraction"], seed)
+        "test" in meta["counts"], config.head.early_stopping_fraction, seed)
     # dvc.yaml declares the plots itself; dvclive must not rewrite it nor save experiments on its own.
     live = Live(str(paths["train_metrics"]), dvcyaml=False, save_dvc_exp=False)
-    model, history, kept = train_head(fit, stop, len(meta["classes"]), settings, seed,
+    model, history, kept = train_head(fit, stop, len(meta["classes"]), config.head, seed,
                                       callbacks=[DVCLiveCallback(live=live)])
     save_model(model, paths["model"])
-    summary = kept_summary(history, kept, len(stop[2]) if stop[2] is not None else len(stop[1]))
+    summary = kept_summary(history, kept, stop_images(stop))
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's.
     write_json(paths["train_metrics"] / "metrics.json", summary)
     print(f"train_head: {kept_message(summary, stop_name)} -> {paths['model']}")

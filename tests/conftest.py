@@ -11,11 +11,9 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from project_copy import ROOT, copy_project  # noqa: F401  (ROOT: tests import it from here)
 
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
-
-ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "bottleneck_clf", "data/weights/user/README.md")
 
 # Small enough for 2 CPU cores: 32 px is the smallest input VGG16's conv base accepts.
 TINY_PARAMS = {
@@ -96,14 +94,7 @@ def link_or_copy(source: Path, target: Path) -> None:
 @pytest.fixture
 def project(tmp_path, tiny_weights, monkeypatch) -> Path:
     """A copy of the project with tiny params and random weights, as the working directory."""
-    root = tmp_path / "project"
-    for name in PROJECT_FILES:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
+    root = copy_project(tmp_path / "project")
     link_or_copy(tiny_weights, root / "data/weights/user/random.weights.h5")
     update_params(root, {**TINY_PARAMS, "weights": {"source": "data/weights/user/random.weights.h5"}})
     monkeypatch.chdir(root)

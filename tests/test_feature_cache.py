@@ -18,6 +18,7 @@ import pytest
 from conftest import make_class_folders, update_params, write_image
 
 from bottleneck_clf.cli import run_command
+from bottleneck_clf.config import ExtractConfig
 from bottleneck_clf.feature_cache import FeatureCache, fingerprint_key, prune
 from bottleneck_clf.features import (
     ChangedImage,
@@ -32,6 +33,12 @@ from stages import extract_features, prepare, weights
 
 BASE = dict(weights_digest="abc", image_size=32, interpolation="bilinear", pooling="avg", precision="float32",
             batch_size=8)
+SMALL = ExtractConfig(image_size=32, interpolation="bilinear", pooling="avg", batch_size=4, precision="float32")
+
+
+def settings(weights_digest: str, **extract) -> dict:
+    """The feature cache's fingerprint of these settings."""
+    return fingerprint(weights_digest, ExtractConfig(**extract))
 
 
 def run_extract(capsys) -> tuple[int, int]:
@@ -50,7 +57,7 @@ def prepared(project):
 
 
 def test_put_get_round_trip(tmp_path):
-    cache = FeatureCache(tmp_path, fingerprint(**BASE))
+    cache = FeatureCache(tmp_path, settings(**BASE))
     assert cache.get("ab" * 32, (512,)) is None
     value = np.arange(512, dtype=np.float32)
     cache.put("ab" * 32, value)
@@ -64,16 +71,16 @@ def test_put_get_round_trip(tmp_path):
      ("precision", "bfloat16"), ("batch_size", 16)],
 )
 def test_every_fingerprint_field_changes_the_key(tmp_path, field, value):
-    before = FeatureCache(tmp_path, fingerprint(**BASE))
+    before = FeatureCache(tmp_path, settings(**BASE))
     before.put("cd" * 32, np.ones(4, np.float32))
-    after = FeatureCache(tmp_path, fingerprint(**{**BASE, field: value}))
+    after = FeatureCache(tmp_path, settings(**{**BASE, field: value}))
     assert after.key != before.key
     assert before.get("cd" * 32, (4,)) is not None
     assert after.get("cd" * 32, (4,)) is None
 
 
 def test_damaged_entry_is_a_miss(tmp_path):
-    cache = FeatureCache(tmp_path, fingerprint(**BASE))
+    cache = FeatureCache(tmp_path, settings(**BASE))
     cache.put("ef" * 32, np.ones(4, np.float32))
     cache.path("ef" * 32).write_bytes(b"\x93NUMPY garbage")
     assert cache.get("ef" * 32, (4,)) is None
@@ -119,14 +126,16 @@ import sys
 import numpy as np
 import bottleneck_clf
 from bottleneck_clf.feature_cache import FeatureCache
+from bottleneck_clf.config import ExtractConfig
 from bottleneck_clf.features import build_extractor, fill_features, fingerprint
+extract = ExtractConfig(image_size=32, interpolation="bilinear", pooling="avg", batch_size=4, precision="float32")
 weights, cache_root, out_file, *paths = sys.argv[1:]
 import hashlib
 digests = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
-cache = FeatureCache(cache_root, fingerprint("w", 32, "bilinear", "avg", "float32", 4))
+cache = FeatureCache(cache_root, fingerprint("w", extract))
 model = build_extractor(weights, 32, "avg")
 out = np.zeros((len(paths), 512), np.float32)
-fill_features(model, paths, digests, out, cache, 32, "bilinear", 4)
+fill_features(model, paths, digests, out, cache, extract)
 np.save(out_file, out)
 """
 
@@ -148,17 +157,17 @@ def test_concurrent_writers_do_not_corrupt(tmp_path, tiny_weights):
     entries = list(cache_root.rglob("*.npy"))
     assert len(entries) == len(paths)
     assert not list(cache_root.rglob("*.tmp")), "a writer left a temporary file"
-    cache = FeatureCache(cache_root, fingerprint("w", 32, "bilinear", "avg", "float32", 4))
+    cache = FeatureCache(cache_root, fingerprint("w", SMALL))
     model = build_extractor(tiny_weights, 32, "avg")
     again = np.zeros_like(first)
     digests = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
-    assert fill_features(model, paths, digests, again, cache, 32, "bilinear", 4) == (0, len(paths))
+    assert fill_features(model, paths, digests, again, cache, SMALL) == (0, len(paths))
     np.testing.assert_array_equal(again, first)
 
 
 def test_prune_by_age_and_all(tmp_path, capsys, monkeypatch):
-    old = FeatureCache(tmp_path, fingerprint(**BASE))
-    new = FeatureCache(tmp_path, fingerprint(**{**BASE, "image_size": 64}))
+    old = FeatureCache(tmp_path, settings(**BASE))
+    new = FeatureCache(tmp_path, settings(**{**BASE, "image_size": 64}))
     old.put("aa" * 32, np.ones(8, np.float32))
     new.put("bb" * 32, np.ones(8, np.float32))
     long_ago = time.time() - 40 * 86400
@@ -166,7 +175,7 @@ def test_prune_by_age_and_all(tmp_path, capsys, monkeypatch):
     removed, leftovers, freed = prune(tmp_path, older_than_days=30)
     assert removed == 1 and leftovers == 0 and freed > 32
     assert not old.directory.exists() and new.get("bb" * 32, (8,)) is not None
-    assert prune(tmp_path, older_than_days=30, keep={new.key}) == (0, 0, 0)
+    assert prune(tmp_path, older_than_days=30) == (0, 0, 0)
 
     monkeypatch.setenv("BOTTLENECK_FEATURE_CACHE", str(tmp_path))
     run_command(["cache", "prune", "--all"])
@@ -200,12 +209,10 @@ def test_edited_feature_code_is_a_miss(prepared, capsys):
 
 
 def test_frozen_maps_key_follows_their_code(tmp_path, tiny_weights):
-    from bottleneck_clf.finetune import FrozenMaps, map_shape, recipe, split_layer
+    from bottleneck_clf.finetune import FrozenMaps, map_shape, split_layer
     from bottleneck_clf.vgg_weights import read_weights
 
-    plan = recipe({"image_size": 32, "interpolation": "bilinear", "pooling": "avg", "precision": "float32",
-                   "batch_size": 4}, 1)
-    frozen = FrozenMaps(read_weights(tiny_weights), plan, tmp_path)
+    frozen = FrozenMaps(read_weights(tiny_weights), SMALL, 1, tmp_path)
     assert frozen.cache.fingerprint["frozen_maps_code"] == source_digest(FrozenMaps, split_layer, map_shape)
     assert frozen.cache.fingerprint["code"] == source_digest(*feature_code())
 
@@ -229,23 +236,21 @@ def test_image_changed_after_prepare_stops_extract(prepared, capsys, feature_cac
 
 
 def test_image_changed_after_prepare_stops_frozen_maps(tmp_path, tiny_weights):
-    from bottleneck_clf.finetune import FrozenMaps, recipe
+    from bottleneck_clf.finetune import FrozenMaps
     from bottleneck_clf.vgg_weights import read_weights
 
     raw = make_class_folders(tmp_path / "raw", per_class=3)
     paths = [str(p) for p in sorted(raw.rglob("*.png"))]
     digests = digests_of(paths)
     write_image(Path(paths[4]), (9, 9, 9), seed=99)
-    plan = recipe({"image_size": 32, "interpolation": "bilinear", "pooling": "avg", "precision": "float32",
-                   "batch_size": 4}, 1)
-    frozen = FrozenMaps(read_weights(tiny_weights), plan, tmp_path / "cache")
+    frozen = FrozenMaps(read_weights(tiny_weights), SMALL, 1, tmp_path / "cache")
     with pytest.raises(ChangedImage, match=re.escape(paths[4]) + ": changed since `prepare`"):
         frozen.compute(paths, digests, tmp_path / "maps.npy", desc="frozen")
     assert not (frozen.cache.directory / digests[4][:2] / f"{digests[4]}.npy").exists()
 
 
 def test_wrong_shape_or_dtype_is_a_miss(tmp_path):
-    cache = FeatureCache(tmp_path, fingerprint(**BASE))
+    cache = FeatureCache(tmp_path, settings(**BASE))
     cache.put("aa" * 32, np.ones(1, np.float32))  # e.g. written by an older, buggy version
     cache.put("bb" * 32, np.ones(512, np.float64))
     assert cache.get("aa" * 32, (512,)) is None
@@ -259,12 +264,12 @@ def test_wrong_shape_entry_is_recomputed_not_broadcast(tmp_path, tiny_weights):
     digests = digests_of(paths)
     model = build_extractor(tiny_weights, 32, "avg")
     fresh = np.zeros((len(paths), 512), np.float32)
-    fill_features(model, paths, digests, fresh, None, 32, "bilinear", 4)
-    cache = FeatureCache(tmp_path / "cache", fingerprint(**BASE))
+    fill_features(model, paths, digests, fresh, None, SMALL)
+    cache = FeatureCache(tmp_path / "cache", settings(**BASE))
     for digest in digests:
         cache.put(digest, np.full(1, 7.0, np.float32))  # would broadcast into a whole row
     out = np.zeros_like(fresh)
-    assert fill_features(model, paths, digests, out, cache, 32, "bilinear", 4) == (len(paths), 0)
+    assert fill_features(model, paths, digests, out, cache, SMALL) == (len(paths), 0)
     np.testing.assert_array_equal(out, fresh)
     assert cache.get(digests[0], (512,)) is not None  # replaced by the right value
 
@@ -304,7 +309,7 @@ def test_full_disk_warns_once_and_the_stage_finishes(prepared, capsys, monkeypat
 
 
 def test_entry_pruned_while_being_read_is_still_returned(tmp_path, monkeypatch):
-    cache = FeatureCache(tmp_path, fingerprint(**BASE))
+    cache = FeatureCache(tmp_path, settings(**BASE))
     cache.put("aa" * 32, np.arange(8, dtype=np.float32))
     real_utime = os.utime
 
@@ -317,7 +322,7 @@ def test_entry_pruned_while_being_read_is_still_returned(tmp_path, monkeypatch):
 
 
 def test_prune_spares_a_folder_being_written_into(tmp_path, monkeypatch):
-    cache = FeatureCache(tmp_path, fingerprint(**BASE))  # a writer that has stored nothing yet
+    cache = FeatureCache(tmp_path, settings(**BASE))  # a writer that has stored nothing yet
     real_replace = os.replace
     pruned = []
 
@@ -334,7 +339,7 @@ def test_prune_spares_a_folder_being_written_into(tmp_path, monkeypatch):
 
 
 def test_writer_recreates_folders_pruned_under_it(tmp_path, monkeypatch):
-    cache = FeatureCache(tmp_path, fingerprint(**BASE))
+    cache = FeatureCache(tmp_path, settings(**BASE))
     real_mkstemp = tempfile.mkstemp
     pruned = []
 
@@ -351,7 +356,7 @@ def test_writer_recreates_folders_pruned_under_it(tmp_path, monkeypatch):
 
 
 def test_prune_removes_stale_temporary_files_only(tmp_path, capsys, monkeypatch):
-    cache = FeatureCache(tmp_path, fingerprint(**BASE))
+    cache = FeatureCache(tmp_path, settings(**BASE))
     cache.put("aa" * 32, np.ones(8, np.float32))
     shard = cache.path("aa" * 32).parent
     killed = shard / f".{'bb' * 32}.npy.k1ll3d.tmp"  # a writer killed before its rename

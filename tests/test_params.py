@@ -97,3 +97,25 @@ def test_threshold_decides_between_two_classes_only():
     with pytest.raises(ValueError, match=r"^evaluate.threshold is 0.7 but the data has 3 classes; .* "
                                          r"set evaluate.threshold to 0.5 in params.yaml$"):
         check_threshold(0.7, 3)
+
+
+def test_config_dataclasses_match_the_schema():
+    from dataclasses import fields
+
+    from bottleneck_clf.config import SECTIONS, Config
+    from bottleneck_clf.params import SCHEMA
+
+    assert [f.name for f in fields(Config)] == list(SCHEMA) == list(SECTIONS)
+    for section, keys in SCHEMA.items():
+        assert [f.name for f in fields(SECTIONS[section])] == list(keys), f"{section}: config.py and SCHEMA differ"
+
+
+def test_load_config_gives_the_checked_values():
+    from bottleneck_clf.config import load_config
+
+    config = load_config(ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml")
+    assert config.head.units == params["head"]["units"]
+    assert config.evaluate.threshold == params["evaluate"]["threshold"]
+    with pytest.raises(AttributeError):
+        config.head.units = 1  # frozen: a stage cannot change a setting behind the params' back

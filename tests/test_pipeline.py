@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 from conftest import make_class_folders, make_presplit_folders, update_params
 
-from bottleneck_clf.features import extract_features, load_meta, load_split
+from bottleneck_clf.evaluation import evaluate as score
+from bottleneck_clf.evaluation import predict_labels
+from bottleneck_clf.features import build_extractor, load_meta, load_split
+from bottleneck_clf.images import load_array
 from stages import evaluate, prepare, train_head, weights
 from stages import extract_features as extract_stage
 
@@ -65,13 +68,18 @@ def test_three_classes_presplit_flatten(project):
     assert sum(float(row[f"p_{c}"]) for c in ("birds", "cats", "dogs")) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_streamed_features_equal_in_memory(project, tiny_weights):
+def test_streamed_features_equal_plain_predict(project, tiny_weights):
+    import keras
+
     make_class_folders(project / "data/raw", per_class=10)
     prepare.main()
     weights.main()
     extract_stage.main()
     features, _, ids = load_split(project / "data/features", "validation")
-    direct = extract_features([str(project / "data/raw" / i) for i in ids], tiny_weights, 32, batch_size=3)
+    # The same conv base and preprocessing, without the stage's threads, padding, cache or memory map.
+    images = np.stack([load_array(project / "data/raw" / i, 32, "bilinear") for i in ids])
+    model = build_extractor(tiny_weights, 32, "avg")
+    direct = model.predict(keras.applications.vgg16.preprocess_input(images), batch_size=3, verbose=0)
     np.testing.assert_allclose(np.asarray(features), direct, rtol=1e-5, atol=1e-5)
 
 
@@ -102,13 +110,13 @@ def test_evaluate_split_must_exist(project):
 @pytest.mark.parametrize(("threshold", "expected"), [(0.5, [0, 1, 1, 0]), (0.9, [0, 0, 1, 0]), (0.2, [1, 1, 1, 0])])
 def test_threshold_moves_binary_predictions(threshold, expected):
     probs = np.array([[0.7, 0.3], [0.4, 0.6], [0.05, 0.95], [0.9, 0.1]])
-    assert evaluate.predict_labels(probs, threshold).tolist() == expected
+    assert predict_labels(probs, threshold).tolist() == expected
 
 
 def test_metrics_match_hand_computation():
     probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]])
     labels = np.array([0, 1, 1, 1])
-    metrics = evaluate.evaluate(probs, labels, ["cat", "dog"], 0.5)
+    metrics = score(probs, labels, ["cat", "dog"], 0.5)
     assert metrics["accuracy"] == 0.75
     assert metrics["per_class"]["dog"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "f1": 0.8, "support": 3}
     assert metrics["loss"] == pytest.approx(-np.mean(np.log([0.8, 0.7, 0.4, 0.9])))

@@ -14,6 +14,7 @@ from conftest import ROOT, write_image
 
 from bottleneck_clf import predict
 from bottleneck_clf.cli import run_command
+from bottleneck_clf.config import ExtractConfig
 from bottleneck_clf.export import build_classifier
 from bottleneck_clf.finetune import build_top
 from bottleneck_clf.head import build_head
@@ -29,7 +30,8 @@ def exported(tmp_path_factory, tiny_weights):
     keras.utils.set_random_seed(0)
     folder = tmp_path_factory.mktemp("classifier")
     top = build_top((1, 1, 512), 0, "avg", None, build_head((512,), 2, 4, 0.0))
-    model = build_classifier(read_weights(tiny_weights), top, 0, 32, "bilinear", 2)
+    extract = ExtractConfig(image_size=32, interpolation="bilinear", pooling="avg", batch_size=8, precision="float32")
+    model = build_classifier(read_weights(tiny_weights), top, 0, 2, extract)
     save_model(model, folder / "model.keras")
     (folder / "classes.json").write_text(json.dumps({"classes": CLASSES}))
     return folder / "model.keras"
@@ -122,7 +124,7 @@ def test_threshold_from_classes_json_decides(exported, images, tmp_path, capsys)
 
 
 def test_choice_is_evaluates_at_and_around_the_threshold():
-    from stages.evaluate import predict_labels
+    from bottleneck_clf.evaluation import predict_labels
 
     probs = np.array([[0.3, 0.7], [0.31, 0.69], [0.29, 0.71], [0.5, 0.5], [0.9, 0.1]])
     for threshold in (0.7, 0.5, 0.1):

@@ -19,6 +19,7 @@ PACKAGES = ("bottleneck_clf", "stages")
 INFRASTRUCTURE = {
     "bottleneck_clf/__init__.py",
     "bottleneck_clf/params.py",
+    "bottleneck_clf/config.py",
     "bottleneck_clf/paths.py",
     "bottleneck_clf/atomic.py",
     "bottleneck_clf/machine.py",

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import make_class_folders, make_presplit_folders, update_params
 
+from bottleneck_clf.evaluation import wilson_interval
 from bottleneck_clf.features import load_split
 from bottleneck_clf.head import FeatureBatches, stopping_rows
 from stages import evaluate, prepare, train_head, weights
@@ -105,7 +106,7 @@ def test_no_image_to_spare_is_a_clear_error():
     [(8, 10, 0.4902, 0.9433), (10, 10, 0.7225, 1.0), (0, 10, 0.0, 0.2775), (788, 800, 0.9740, 0.9914)],
 )
 def test_wilson_interval(successes, trials, low, high):
-    assert evaluate.wilson_interval(successes, trials) == pytest.approx((low, high), abs=1e-4)
+    assert wilson_interval(successes, trials) == pytest.approx((low, high), abs=1e-4)
 
 
 def test_evaluate_writes_the_interval(project):
@@ -117,4 +118,4 @@ def test_evaluate_writes_the_interval(project):
     low, high = metrics["accuracy_ci95"]["low"], metrics["accuracy_ci95"]["high"]
     assert low <= metrics["accuracy"] <= high and high - low > 0.2  # 4 test images: a wide interval
     correct = round(metrics["accuracy"] * metrics["images"])
-    assert (low, high) == pytest.approx(evaluate.wilson_interval(correct, metrics["images"]))
+    assert (low, high) == pytest.approx(wilson_interval(correct, metrics["images"]))
