@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from bottleneck_clf.atomic import atomic_path
+from bottleneck_clf.errors import UserError
 
 
 def choose_split(requested: str, available: list[str]) -> str:
@@ -16,7 +17,7 @@ def choose_split(requested: str, available: list[str]) -> str:
     if requested == "auto":
         return "test" if "test" in available else "validation"
     if requested not in available:
-        raise ValueError(
+        raise UserError(
             f"evaluate.split is {requested!r} but the features hold only {', '.join(available)}; "
             "set evaluate.split to auto or one of those"
         )

@@ -19,6 +19,7 @@ import numpy as np
 from keras import layers
 
 from bottleneck_clf.config import ExtractConfig
+from bottleneck_clf.errors import UserError
 from bottleneck_clf.features import build_extractor
 from bottleneck_clf.images import RESIZE_METHODS
 
@@ -57,7 +58,7 @@ def build_classifier(weights, top: keras.Model, blocks: int, n_classes: int, ext
     from bottleneck_clf.finetune import split_layer
 
     if extract.interpolation not in RESIZE_METHODS:
-        raise ValueError(f"unknown interpolation {extract.interpolation!r}; valid choices: "
+        raise UserError(f"unknown interpolation {extract.interpolation!r}; valid choices: "
                          f"{', '.join(RESIZE_METHODS)}")
     size = extract.image_size
     inputs = keras.Input(shape=(None, None, 3), dtype="uint8", name="image")

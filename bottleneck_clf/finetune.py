@@ -15,6 +15,7 @@ import numpy as np
 from keras import layers
 
 from bottleneck_clf.config import ExtractConfig, FinetuneConfig
+from bottleneck_clf.errors import UserError
 from bottleneck_clf.vgg_weights import VGG16_CONV_LAYERS
 
 BLOCKS = (1, 2, 3, 4)
@@ -27,7 +28,7 @@ RECIPE_FILE = "recipe.json"
 def split_layer(blocks: int) -> str:
     """The last frozen layer when the top `blocks` conv blocks train."""
     if blocks not in BLOCKS:
-        raise ValueError(f"finetune.blocks is {blocks!r}; valid choices: {', '.join(map(str, BLOCKS))}")
+        raise UserError(f"finetune.blocks is {blocks!r}; valid choices: {', '.join(map(str, BLOCKS))}")
     return f"block{5 - blocks}_pool"
 
 
@@ -61,7 +62,7 @@ def build_top(input_shape: tuple[int, ...], blocks: int, pooling: str, weights, 
     elif pooling == "max":
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
     elif pooling != "flatten":
-        raise ValueError(f"unknown pooling {pooling!r}; valid choices: flatten, avg, max")
+        raise UserError(f"unknown pooling {pooling!r}; valid choices: flatten, avg, max")
     outputs = head(x)
     model = keras.Model(inputs, outputs, name=TOP_NAME)
     for name in trained_layers(blocks) if blocks else []:

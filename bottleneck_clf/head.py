@@ -9,6 +9,7 @@ import numpy as np
 from keras import layers
 
 from bottleneck_clf.config import HeadConfig
+from bottleneck_clf.errors import UserError
 from bottleneck_clf.params import OPTIMIZERS
 
 
@@ -32,7 +33,7 @@ def is_binary(n_classes: int) -> bool:
 def build_head(input_shape: tuple[int, ...], n_classes: int, units: int, dropout: float):
     """The seed's head: Flatten, Dense relu, Dropout, then sigmoid for two classes or softmax for more."""
     if n_classes < 2:
-        raise ValueError(f"a classifier needs at least two classes, got {n_classes}")
+        raise UserError(f"a classifier needs at least two classes, got {n_classes}")
     inputs = keras.Input(shape=input_shape, name="features")
     x = layers.Flatten(name="flatten")(inputs)
     x = layers.Dense(units, activation="relu", name="dense")(x)
@@ -51,7 +52,7 @@ def make_optimizer(name: str, learning_rate: float):
         return keras.optimizers.RMSprop(learning_rate)
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=0.9)
-    raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+    raise UserError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
 
 
 def loss_for(n_classes: int) -> str:
@@ -130,7 +131,7 @@ def stopping_sets(train: tuple, validation: tuple, has_test: bool, fraction: flo
         return (*train, None), (*validation, None), "validation"
     fit_rows, stop_rows = stopping_rows(np.asarray(train[1]), fraction, seed)
     if len(stop_rows) == 0:
-        raise ValueError("head.early_stopping_fraction: no class has two training images to spare one for early "
+        raise UserError("head.early_stopping_fraction: no class has two training images to spare one for early "
                          "stopping; add images, or let prepare make a test split (prepare.test_fraction)")
     return (*train, fit_rows), (*train, stop_rows), STOP_SLICE
 

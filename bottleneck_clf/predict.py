@@ -21,6 +21,7 @@ import numpy as np
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import atomic_path
 from bottleneck_clf.errors import UserError
+from bottleneck_clf.evaluation import predict_labels
 from bottleneck_clf.export import CLASSES_FILE
 from bottleneck_clf.images import BadImage, decode_rgb, list_files
 from bottleneck_clf.params import check_threshold
@@ -73,14 +74,6 @@ def read_threshold(path: Path, info: dict, n_classes: int) -> float:
         raise UserError(f"{path}: {exc}, then rerun `dvc repro export`") from None
 
 
-def choose(probs: np.ndarray, threshold: float) -> int:
-    """The class evaluate predicts (stages/evaluate.py, predict_labels): for two classes the second when its
-    probability reaches `threshold`; for more, the most probable."""
-    if len(probs) == 2:
-        return int(probs[1] >= threshold)
-    return int(np.argmax(probs))
-
-
 def classify(model, files: list[Path]):
     """Yield (path, probabilities or None, error or None) per file; one image per call, any size."""
     from tqdm import tqdm
@@ -113,7 +106,7 @@ def predict(model_path: Path, targets: list[str], output: Path | None = None,
         if error is not None:
             failures.append((path, error))
             continue
-        best = choose(probs, threshold)
+        best = int(predict_labels(probs[None], threshold)[0])  # evaluate's rule, so labels agree
         rows.append((path, classes[best], probs[best], probs))
         if output is None:
             print(f"{path},{classes[best]},{probs[best]:.6f}")

@@ -20,13 +20,14 @@ from bottleneck_clf.dataset import (
     counts_by_split,
     find_candidates,
 )
+from bottleneck_clf.errors import UserError
 
 
 def require_classes(labels: list[str], root: Path, when: str) -> None:
     counts = Counter(labels)
     if len(counts) < 2:
         found = ", ".join(f"'{k}' ({v})" for k, v in sorted(counts.items())) or "none"
-        raise ValueError(
+        raise UserError(
             f"{root}: a classifier needs at least two classes of usable images {when}; found {found}. "
             "Put each class in its own folder: data/raw/<class>/<image>."
         )
@@ -44,7 +45,7 @@ def split_images(raw: Path, config: PrepareConfig, seed: int) -> tuple[list[Entr
     good = drop_conflicting(good, bad)
     if bad and config.on_bad_image == "fail":
         listing = "\n  ".join(f"{raw / p}: {reason}" for p, reason in sorted(bad))
-        raise ValueError(
+        raise UserError(
             f"{len(bad)} unusable file(s) and prepare.on_bad_image is 'fail':\n  {listing}\n"
             "Fix or remove them, or set prepare.on_bad_image: skip to leave them out."
         )
@@ -80,7 +81,7 @@ def presplit_entries(good, raw: Path) -> list[Entry]:
         first.setdefault(digest, candidate.split)
     for split in ("train", "validation"):
         if split not in first.values():
-            raise ValueError(f"the pre-split layout has no usable images in {split}/")
+            raise UserError(f"the pre-split layout has no usable images in {split}/")
     entries = [Entry(c.path, d, c.label, first[d]) for c, d in good]
     check_presplit_classes(entries, raw)
     return entries

@@ -30,7 +30,7 @@ def main() -> None:
 
     settings = load_config().evaluate
     paths = project_paths()
-    record_machine(paths["machine"], "evaluate")  # which CPU made these floats (check_repro reads it)
+    record_machine(paths["machine"], "evaluate")  # the CPU that made these floats (check-repro)
     meta = load_meta(paths["features"])
     classes = meta["classes"]
     check_threshold(settings.threshold, len(classes))  # only now is the class count known

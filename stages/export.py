@@ -2,7 +2,7 @@
 
 The fine-tuned top when the finetune stage made one, else the head; either way the frozen VGG16 blocks,
 resizing and preprocessing go inside the model (bottleneck_clf/export.py), the frozen blocks in the precision
-evaluate used. `classes.json` records the class names and `evaluate.threshold`, which stages/predict.py applies.
+evaluate used. `classes.json` records the class names and `evaluate.threshold`, which `bottleneck predict` applies.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from bottleneck_clf.vgg_weights import read_weights
 def main() -> None:
     config = load_config()  # a broken params.yaml stops every stage, this one included
     paths = project_paths()
-    record_machine(paths["machine"], "export")  # which CPU made these floats (check_repro reads it)
+    record_machine(paths["machine"], "export")  # the CPU that made these floats (check-repro)
     meta = load_meta(paths["features"])
     classes = meta["classes"]
     threshold = check_threshold(config.evaluate.threshold, len(classes))

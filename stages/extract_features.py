@@ -18,7 +18,7 @@ from bottleneck_clf.vgg_weights import read_weights
 def main() -> None:
     config = load_config()
     paths = project_paths()
-    record_machine(paths["machine"], "extract_features")  # which CPU made these floats (check_repro reads it)
+    record_machine(paths["machine"], "extract_features")  # the CPU that made these floats (check-repro)
     entries = read_manifest(paths["prepared"] / MANIFEST)
     classes = class_names(entries)
     extractor = Extractor(read_weights(paths["weights"]), config.extract, feature_cache_dir())

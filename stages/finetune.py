@@ -44,7 +44,7 @@ def main() -> None:
     config = load_config()
     settings = config.finetune
     paths = project_paths()
-    record_machine(paths["machine"], "finetune")  # which CPU made these floats (check_repro reads it)
+    record_machine(paths["machine"], "finetune")  # the CPU that made these floats (check-repro)
     if not settings.enabled:
         write_disabled(paths["finetuned"], paths["finetune_metrics"])
         print(f"finetune: disabled (finetune.enabled: false) -> {paths['finetuned']}")

@@ -19,7 +19,7 @@ def main() -> None:
     config = load_config()
     seed = config.base.seed
     paths = project_paths()
-    record_machine(paths["machine"], "train_head")  # which CPU made these floats (check_repro reads it)
+    record_machine(paths["machine"], "train_head")  # the CPU that made these floats (check-repro)
     seed_everything(seed)
     meta = load_meta(paths["features"])
     fit, stop, stop_name = stopping_sets(

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from conftest import ROOT, write_image
 
-from bottleneck_clf import predict
 from bottleneck_clf.cli import run_command
 from bottleneck_clf.config import ExtractConfig
 from bottleneck_clf.export import build_classifier
@@ -121,16 +120,6 @@ def test_threshold_from_classes_json_decides(exported, images, tmp_path, capsys)
         # The class the threshold gives, with that class's own probability, as evaluate's predictions.csv has it.
         assert given == name and "threshold" not in err
         assert float(probability) == pytest.approx(p_dogs if name == "dogs" else 1.0 - p_dogs, abs=2e-6)
-
-
-def test_choice_is_evaluates_at_and_around_the_threshold():
-    from bottleneck_clf.evaluation import predict_labels
-
-    probs = np.array([[0.3, 0.7], [0.31, 0.69], [0.29, 0.71], [0.5, 0.5], [0.9, 0.1]])
-    for threshold in (0.7, 0.5, 0.1):
-        assert [predict.choose(row, threshold) for row in probs] == predict_labels(probs, threshold).tolist()
-    three = np.array([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
-    assert [predict.choose(row, 0.5) for row in three] == predict_labels(three, 0.5).tolist()
 
 
 def test_bad_threshold_in_classes_json_names_the_file(exported, tmp_path):
