@@ -9,8 +9,10 @@ It lives outside DVC on purpose (README, "Feature cache"): its content depends o
 only on the current inputs, so as a DVC output it would make dvc.lock depend on that history.
 
 Several processes may use one cache at once (clones, queued experiments, a prune): entries appear by rename,
-a reader tolerates an entry vanishing, prune never removes a folder that is not empty, and a writer recreates
-a folder that prune removed under it.
+a reader tolerates an entry vanishing, prune never removes a folder that is not empty or locked, and a writer
+recreates a folder that prune removed under it. A process encodes its misses holding the fingerprint's lock
+(`FeatureCache.encoding`), so two that need the same new images at once encode them once: the second waits,
+then finds them in the cache.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,7 +33,13 @@ import numpy as np
 from bottleneck_clf.atomic import write_shared
 from bottleneck_clf.paths import cache_dir
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock; two processes may then encode the same image, into identical bytes
+    fcntl = None
+
 FINGERPRINT_FILE = "fingerprint.json"
+LOCK_FILE = ".lock"
 # A writer finishes an entry in milliseconds; a temporary file this old belongs to a killed process.
 STALE_TMP_SECONDS = 3600
 
@@ -97,6 +106,44 @@ class FeatureCache:
         except OSError as exc:
             self._give_up_writing(exc)
 
+    @contextlib.contextmanager
+    def encoding(self) -> Iterator[None]:
+        """Hold this fingerprint's lock (an flock on `<folder>/.lock`) while encoding misses.
+
+        Another process that needs the same new images waits here, then finds them in the cache (re-check
+        after entering). The kernel drops the lock when its holder dies, so a killed run blocks no one. A cache
+        that cannot be written is not locked: there is nothing to share.
+        """
+        fd = self._lock() if self.writable and fcntl is not None else None
+        try:
+            yield
+        finally:
+            if fd is not None:
+                os.close(fd)  # releases the lock
+
+    def _lock(self) -> int | None:
+        path = self.directory / LOCK_FILE
+        while True:
+            try:
+                self._make_directory()  # (again, if prune removed it)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:
+                continue  # a concurrent prune removed the folder between the two calls
+            except OSError as exc:
+                self._give_up_writing(exc)
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"feature cache {self.directory}: another process is encoding with these settings; waiting "
+                      "for it, then reading its features", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            # Prune may have removed the lock file while we waited: a lock on a removed file excludes no one.
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    return fd
+            os.close(fd)
+
     def _write_in_place(self, path: Path, data: bytes) -> None:
         if not path.parent.is_dir():
             self._make_directory()  # (again, if prune removed it since)
@@ -126,7 +173,8 @@ def prune(root: str | Path, older_than_days: float | None = None) -> Pruned:
 
     Temporary files older than STALE_TMP_SECONDS (killed writers) go too; younger ones may be a live writer's.
     Safe beside running readers and writers: files are unlinked one by one (a reader already holding an entry
-    keeps its value) and folders are removed only when empty (os.rmdir fails on a folder being written into).
+    keeps its value) and folders are removed only when empty (os.rmdir fails on a folder being written into)
+    and not locked by a process encoding into them.
     """
     root = Path(root)
     now = time.time()
@@ -161,15 +209,31 @@ def _remove_if_older(path: Path, cutoff: float | None) -> int | None:
 
 
 def _remove_if_empty(folder: Path) -> None:
-    """Remove the shard folders, then the fingerprint folder, each only if nothing but its description is left."""
+    """Remove the shard folders, then the fingerprint folder, each only if nothing but its description and an
+    unheld lock file is left."""
     for shard in folder.iterdir():
         if shard.is_dir():
             _rmdir(shard)
-    if any(p.name != FINGERPRINT_FILE for p in folder.iterdir()):
+    if any(p.name not in (FINGERPRINT_FILE, LOCK_FILE) for p in folder.iterdir()):
         return
-    (folder / FINGERPRINT_FILE).unlink(missing_ok=True)
-    # A writer that started just now recreates the folder and its description (FeatureCache._write_in_place).
-    _rmdir(folder)
+    lock = folder / LOCK_FILE
+    fd = None
+    if fcntl is not None and lock.exists():
+        try:
+            fd = os.open(lock, os.O_RDWR)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: a process is encoding into this folder (or the file just went)
+            if fd is not None:
+                os.close(fd)
+            return
+    try:
+        lock.unlink(missing_ok=True)  # a waiter that locked it sees the file gone and locks a new one
+        (folder / FINGERPRINT_FILE).unlink(missing_ok=True)
+        # A writer that started just now recreates the folder and its description (FeatureCache._write_in_place).
+        _rmdir(folder)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _rmdir(folder: Path) -> None:

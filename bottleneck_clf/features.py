@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -168,36 +169,51 @@ def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, 
                   desc: str = "extract") -> tuple[int, int]:
     """Fill `out` row by row from `cache`, encoding only images (by content) it lacks.
 
-    Returns (encoded, from cache). Duplicates are encoded once. `cache` may be None.
+    Returns (encoded, from cache). Duplicates are encoded once. `cache` may be None. The misses are encoded
+    holding the cache's lock for these settings, after looking them up again: another process (a queued
+    experiment in another workspace) may have encoded them while this one waited.
     """
     from tqdm import tqdm
 
     rows_of: dict[str, list[int]] = {}
     for row, digest in enumerate(digests):
         rows_of.setdefault(digest, []).append(row)
-    todo = []
     from_cache = 0
-    for digest, rows in rows_of.items():
-        value = cache.get(digest, out.shape[1:], out.dtype) if cache is not None else None
-        # Files not decoded below are checked here: a cached value is only right for unchanged bytes.
-        for row in rows if value is not None else rows[1:]:
-            read_checked(paths[row], digest)
-        if value is None:
-            todo.append(digest)
-            continue
-        out[rows] = value
-        from_cache += len(rows)
-    with tqdm(total=len(todo), desc=f"{desc} ({from_cache} from cache)", unit="img", mininterval=2.0) as bar:
-        start = 0
-        todo_paths = [paths[rows_of[d][0]] for d in todo]
-        for values in iter_features(model, todo_paths, extract.image_size, extract.interpolation, extract.batch_size,
-                                    todo):
-            for digest, value in zip(todo[start : start + len(values)], values, strict=True):
-                out[rows_of[digest]] = value
-                if cache is not None:
-                    cache.put(digest, value)
-            start += len(values)
-            bar.update(len(values))
+
+    def missing(wanted: list[str]) -> list[str]:
+        """The digests of `wanted` the cache lacks; the others' rows filled from it."""
+        nonlocal from_cache
+        lacking = []
+        for digest in wanted:
+            value = cache.get(digest, out.shape[1:], out.dtype) if cache is not None else None
+            if value is None:
+                lacking.append(digest)
+                continue
+            # A cached value is only right for unchanged bytes.
+            for row in rows_of[digest]:
+                read_checked(paths[row], digest)
+            out[rows_of[digest]] = value
+            from_cache += len(rows_of[digest])
+        return lacking
+
+    todo = missing(list(rows_of))
+    with cache.encoding() if cache is not None and todo else contextlib.nullcontext():
+        if cache is not None and todo:
+            todo = missing(todo)
+        for digest in todo:  # the first file of each is checked as it is decoded below
+            for row in rows_of[digest][1:]:
+                read_checked(paths[row], digest)
+        with tqdm(total=len(todo), desc=f"{desc} ({from_cache} from cache)", unit="img", mininterval=2.0) as bar:
+            start = 0
+            todo_paths = [paths[rows_of[d][0]] for d in todo]
+            for values in iter_features(model, todo_paths, extract.image_size, extract.interpolation,
+                                        extract.batch_size, todo):
+                for digest, value in zip(todo[start : start + len(values)], values, strict=True):
+                    out[rows_of[digest]] = value
+                    if cache is not None:
+                        cache.put(digest, value)
+                start += len(values)
+                bar.update(len(values))
     if start != len(todo):
         raise RuntimeError(f"{desc}: produced {start} feature rows for {len(todo)} images")
     return len(todo), from_cache

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -17,9 +18,10 @@ import numpy as np
 import pytest
 from conftest import make_class_folders, update_params, write_image
 
+from bottleneck_clf import features as features_module
 from bottleneck_clf.cli import run_command
 from bottleneck_clf.config import ExtractConfig
-from bottleneck_clf.feature_cache import FeatureCache, fingerprint_key, prune
+from bottleneck_clf.feature_cache import LOCK_FILE, FeatureCache, fingerprint_key, prune
 from bottleneck_clf.features import (
     ChangedImage,
     build_extractor,
@@ -163,6 +165,54 @@ def test_concurrent_writers_do_not_corrupt(tmp_path, tiny_weights):
     digests = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
     assert fill_features(model, paths, digests, again, cache, SMALL) == (0, len(paths))
     np.testing.assert_array_equal(again, first)
+
+
+def test_two_runs_needing_the_same_new_images_encode_each_once(tmp_path, monkeypatch, capsys):
+    """Two queued experiments in two workspaces with one new setting: the second waits for the first's lock,
+    then reads its features; without the lock both would miss and encode every image."""
+    raw = make_class_folders(tmp_path / "raw", per_class=6)
+    paths = [str(p) for p in sorted(raw.rglob("*.png"))]
+    digests = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+    encoded = []
+    first_batch = threading.Event()
+
+    def slow_encoder(model, todo_paths, *args):  # stands in for VGG16: one batch of 4, a pause, the rest
+        for start in range(0, len(todo_paths), 4):
+            batch = todo_paths[start : start + 4]
+            encoded.extend(batch)
+            yield np.stack([np.full(8, paths.index(p), np.float32) for p in batch])
+            first_batch.set()
+            time.sleep(0.3)  # the other run is started by now and must wait, not encode
+
+    monkeypatch.setattr(features_module, "iter_features", slow_encoder)
+    key = settings(**BASE)
+    outs = [np.zeros((len(paths), 8), np.float32) for _ in range(2)]
+    counts = [None, None]
+
+    def run(i):
+        counts[i] = fill_features(None, paths, digests, outs[i], FeatureCache(tmp_path / "cache", key), SMALL)
+
+    first = threading.Thread(target=run, args=(0,))
+    first.start()
+    assert first_batch.wait(30)
+    run(1)  # starts while the first holds the lock with 8 images still to go
+    first.join(30)
+    assert sorted(encoded) == sorted(paths)  # each image once, across both runs
+    assert counts == [(len(paths), 0), (0, len(paths))]
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert "another process is encoding with these settings; waiting" in capsys.readouterr().err
+
+
+def test_prune_spares_a_locked_folder(tmp_path):
+    cache = FeatureCache(tmp_path, settings(**BASE))
+    with cache.encoding():  # a run encoding its first batch: nothing stored yet
+        assert prune(tmp_path) == (0, 0, 0)
+        assert cache.directory.is_dir() and (cache.directory / LOCK_FILE).exists()
+    prune(tmp_path)  # nobody holds it now: the empty folder goes, lock file and all
+    assert not cache.directory.exists()
+    with cache.encoding():  # and a later run recreates it
+        cache.put("aa" * 32, np.ones(8, np.float32))
+    np.testing.assert_array_equal(cache.get("aa" * 32, (8,)), np.ones(8, np.float32))
 
 
 def test_prune_by_age_and_all(tmp_path, capsys, monkeypatch):
