@@ -69,14 +69,18 @@ def test_data_changed_without_repro(dvc_repo, capsys):
     assert "stale lock: stage 'extract_features': dependency data/raw modified" in out
 
 
-def test_metric_drift_past_tolerance(dvc_repo, capsys):
-    committed_demo_run(dvc_repo)
-    # Published numbers that the code does not produce, as once happened to DVC's own Keras example.
-    path = dvc_repo / "metrics/eval/metrics.json"
+def publish_wrong_accuracy(repo) -> None:
+    """Commit published numbers that the code does not produce, as once happened to DVC's own Keras example."""
+    path = repo / "metrics/eval/metrics.json"
     metrics = json.loads(path.read_text())
     metrics["accuracy"] = round(metrics["accuracy"] - 0.25, 6)
     path.write_text(json.dumps(metrics, indent=4))
-    git(dvc_repo, "commit", "-q", "-am", "edit the published accuracy")
+    git(repo, "commit", "-q", "-am", "edit the published accuracy")
+
+
+def test_metric_drift_past_tolerance(dvc_repo, capsys):
+    committed_demo_run(dvc_repo)
+    publish_wrong_accuracy(dvc_repo)
 
     assert run_command(["check-repro", "--tolerance", "0.01"]) == 1
     out = capsys.readouterr().out
@@ -153,11 +157,7 @@ def test_lock_from_another_cpu_compares_metrics_and_passes_on_round_off(dvc_repo
 
 def test_real_regressions_fail_when_comparing_metrics(dvc_repo, capsys):
     commit_run_from_other_cpu(dvc_repo)
-    path = dvc_repo / "metrics/eval/metrics.json"
-    metrics = json.loads(path.read_text())
-    metrics["accuracy"] = round(metrics["accuracy"] - 0.25, 6)
-    path.write_text(json.dumps(metrics, indent=4))
-    git(dvc_repo, "commit", "-q", "-am", "edit the published accuracy")
+    publish_wrong_accuracy(dvc_repo)
 
     assert run_command(["check-repro"]) == 1
     out = capsys.readouterr().out
