@@ -38,6 +38,7 @@ class PrepareConfig(Section):
     validation_fraction: float
     test_fraction: float
     on_bad_image: str
+    small_classes: str
 
 
 @dataclass(frozen=True)

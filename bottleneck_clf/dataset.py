@@ -94,28 +94,37 @@ def check_images(root: Path, candidates: list[Candidate]) -> tuple[list[tuple[Ca
 
 
 def assign_splits(
-    items: list[tuple[Candidate, str]], validation_fraction: float, test_fraction: float, seed: int
+    items: list[tuple[Candidate, str]], validation_fraction: float, test_fraction: float, seed: int,
+    small_classes: str = "fail",
 ) -> list[Entry]:
-    """Stratified, seeded split; identical files (same sha256) always land in the same split."""
+    """Stratified, seeded split; identical files (same sha256) always land in the same split.
+
+    Classes too small for every split's share are refused (`small_classes="fail"`) or split by the few-shot
+    rule (`"few_shot"`, few_shot_splits); the other classes are split exactly as if they were alone.
+    """
     from sklearn.model_selection import train_test_split
 
     groups: dict[str, str] = {}
     for candidate, digest in items:
         groups.setdefault(digest, candidate.label)
-    keys = sorted(groups)
+    counts = Counter(groups.values())
+    small = {label for label, n in counts.items() if n < split_need(validation_fraction, test_fraction)}
+    if small_classes == "fail":
+        check_split_sizes(counts, validation_fraction, test_fraction)
+    keys = sorted(k for k in groups if groups[k] not in small)
     labels = [groups[k] for k in keys]
-    check_split_sizes(Counter(labels), validation_fraction, test_fraction)
     split_of: dict[str, str] = dict.fromkeys(keys, "train")
-    rest, rest_labels = keys, labels
-    if test_fraction > 0:
-        rest, test, rest_labels, _ = train_test_split(
-            keys, labels, test_size=test_fraction, stratify=labels, random_state=seed
+    if keys:
+        rest, rest_labels = keys, labels
+        if test_fraction > 0:
+            rest, test, rest_labels, _ = train_test_split(
+                keys, labels, test_size=test_fraction, stratify=labels, random_state=seed
+            )
+            split_of.update(dict.fromkeys(test, "test"))
+        _, validation = train_test_split(
+            rest, test_size=validation_fraction / (1 - test_fraction), stratify=rest_labels, random_state=seed
         )
-        split_of.update(dict.fromkeys(test, "test"))
-    _, validation = train_test_split(
-        rest, test_size=validation_fraction / (1 - test_fraction), stratify=rest_labels, random_state=seed
-    )
-    split_of.update(dict.fromkeys(validation, "validation"))
+        split_of.update(dict.fromkeys(validation, "validation"))
     for label in sorted(set(labels)):
         present = {split_of[k] for k, lab in zip(keys, labels, strict=True) if lab == label}
         missing = [s for s in SPLITS if s in ("train", "validation") or test_fraction > 0]
@@ -123,7 +132,30 @@ def assign_splits(
         if missing:
             raise UserError(f"class '{label}': the seeded split left no image in {', '.join(missing)}; "
                              "add images to the class or change the fractions")
+    for label in sorted(small):
+        split_of.update(few_shot_splits(sorted(k for k in groups if groups[k] == label), test_fraction, seed))
     return [Entry(c.path, digest, c.label, split_of[digest]) for c, digest in items]
+
+
+def split_need(validation_fraction: float, test_fraction: float) -> int:
+    """Images a class needs so that every split's share of it is at least one image."""
+    shares = [f for f in (1 - validation_fraction - test_fraction, validation_fraction, test_fraction) if f > 0]
+    return max(math.ceil(1 / f - 1e-9) for f in shares)
+
+
+def few_shot_splits(keys: list[str], test_fraction: float, seed: int) -> dict[str, str]:
+    """The split of a class too small for the fractions: one image to train, then one to test (when there is a
+    test split), then one to validation, the rest to train; the images' order is seeded.
+
+    Training comes first so that no class the model can predict is missing from training; test before
+    validation so that the reported score covers every class that has two images.
+    """
+    import random
+
+    order = sorted(keys)
+    random.Random(f"{seed}:{','.join(order)}").shuffle(order)
+    turns = ["train", *(["test"] if test_fraction > 0 else []), "validation"]
+    return {key: turns[i] if i < len(turns) else "train" for i, key in enumerate(order)}
 
 
 def check_split_sizes(counts: Counter, validation_fraction: float, test_fraction: float,
@@ -135,7 +167,7 @@ def check_split_sizes(counts: Counter, validation_fraction: float, test_fraction
         "test": test_fraction,
     }
     wanted = {split: f for split, f in fractions.items() if f > 0}
-    need = max(math.ceil(1 / f - 1e-9) for f in wanted.values())
+    need = split_need(validation_fraction, test_fraction)
     for label, n in sorted(counts.items()):
         short = [split for split, f in wanted.items() if n * f < 1 - 1e-9]
         if short:
@@ -143,7 +175,7 @@ def check_split_sizes(counts: Counter, validation_fraction: float, test_fraction
                 f"class '{label}' has {n} {what}, too few for a {short[0]} share of "
                 f"{wanted[short[0]]:g}: with prepare.validation_fraction={validation_fraction} and "
                 f"prepare.test_fraction={test_fraction} each class needs at least {need}. Add images to "
-                f"'{label}', remove its folder, or change the fractions."
+                f"'{label}', remove its folder, change the fractions, or set prepare.small_classes: few_shot."
             )
 
 

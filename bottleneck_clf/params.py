@@ -17,6 +17,7 @@ POOLINGS = ("flatten", "avg", "max")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 LAYOUTS = ("auto", "by_class", "pre_split")
 EVAL_SPLITS = ("auto", "test", "validation")
+SMALL_CLASS_ACTIONS = ("few_shot", "fail")
 BAD_IMAGE_ACTIONS = ("skip", "fail")
 PRECISIONS = ("float32", "bfloat16")
 
@@ -93,6 +94,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "validation_fraction": Float(0.0, 1.0, low_open=True, high_open=True),
         "test_fraction": Float(0.0, 1.0, high_open=True),
         "on_bad_image": Choice(BAD_IMAGE_ACTIONS),
+        "small_classes": Choice(SMALL_CLASS_ACTIONS),
     },
     "extract": {
         "image_size": Int(32, 1024),

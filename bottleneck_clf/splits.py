@@ -38,7 +38,7 @@ def split_images(raw: Path, config: PrepareConfig, seed: int) -> tuple[list[Entr
     layout, candidates = find_candidates(raw, config.layout)
     # Fail before decoding anything when the file counts alone already rule the split out.
     require_classes([c.label for c in candidates], raw, "before checking")
-    if layout == "by_class":
+    if layout == "by_class" and config.small_classes == "fail":
         check_split_sizes(Counter(c.label for c in candidates), config.validation_fraction, config.test_fraction,
                           "file(s)")
     good, bad = check_images(raw, candidates)
@@ -54,7 +54,7 @@ def split_images(raw: Path, config: PrepareConfig, seed: int) -> tuple[list[Entr
     if layout == "pre_split":
         entries = presplit_entries(good, raw)
     else:
-        entries = assign_splits(good, config.validation_fraction, config.test_fraction, seed)
+        entries = assign_splits(good, config.validation_fraction, config.test_fraction, seed, config.small_classes)
     return entries, sorted(bad), layout
 
 
@@ -96,4 +96,9 @@ def data_report(entries: list[Entry], bad: list[tuple[str, str]], layout: str) -
         "skipped": len(bad),
         "duplicate_files": duplicates,
         "counts": counts_by_split(entries),
+        # Classes missing from a split (few-shot rule, README "Few-shot classes"): not scored there.
+        "classes_missing_from": {
+            split: sorted(set(class_names(entries)) - {e.label for e in entries if e.split == split})
+            for split in SPLITS if any(e.split == split for e in entries)
+        },
     }

@@ -40,6 +40,11 @@ def print_report(report: dict, out: Path) -> None:
         print(f"{label:<{width}}" + "".join(f"{report['counts'][s][label]:>12}" for s in splits))
     if report["skipped"]:
         print(f"prepare: skipped {report['skipped']} unusable file(s); see {out / SKIPPED}")
+    for split, missing in report["classes_missing_from"].items():
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            print(f"prepare: {len(missing)} class(es) too small to have an image in {split}: {shown} "
+                  "(README, \"Few-shot classes\")")
     if report["duplicate_files"]:
         print(f"prepare: {report['duplicate_files']} duplicate file(s) kept in the same split as their twin")
 

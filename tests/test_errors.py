@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, make_class_folders
+from conftest import ROOT, make_class_folders, update_params
 
 from bottleneck_clf import cli, demo, errors
 from bottleneck_clf.errors import UserError
@@ -20,6 +20,7 @@ def test_stage_prints_a_user_mistake_without_traceback(project):
     raw = make_class_folders(project / "data/raw", per_class=10)
     for extra in sorted((raw / "dogs").iterdir())[4:]:
         extra.unlink()  # 4 dogs: too few for validation and test shares of 0.2
+    update_params(project, {"prepare": {"small_classes": "fail"}})
     result = run_module("stages.prepare", cwd=project)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

@@ -156,7 +156,7 @@ def test_small_class_names_class_and_counts(project):
         path.unlink()
     # With a broken file and on_bad_image=fail, the size error shows it came before any decoding.
     (raw / "cats/broken.jpg").write_bytes(b"")
-    update_params(project, {"prepare": {"on_bad_image": "fail"}})
+    update_params(project, {"prepare": {"on_bad_image": "fail", "small_classes": "fail"}})
     with pytest.raises(ValueError, match=r"class 'dogs' has 3 file\(s\), too few .*needs at least 5"):
         prepare.main()
 
@@ -180,3 +180,44 @@ def test_non_ascii_and_spaces_in_names(project):
     entries, report, _ = run_prepare(project)
     assert "chats noirs/été 1.png" in {e.path for e in entries}
     assert report["classes"] == ["chats noirs", "dogs"]
+
+
+@pytest.mark.parametrize(
+    ("size", "test_fraction", "expected"),
+    [
+        (1, 0.2, {"train": 1}),
+        (2, 0.2, {"train": 1, "test": 1}),
+        (3, 0.2, {"train": 1, "test": 1, "validation": 1}),
+        (4, 0.2, {"train": 2, "test": 1, "validation": 1}),
+        (2, 0.0, {"train": 1, "validation": 1}),
+    ],
+)
+def test_few_shot_classes_follow_the_rule(project, size, test_fraction, expected):
+    """A class too small for the fractions: train first, then one to test, one to validation, rest to train.
+    The large classes beside it are split exactly as they would be alone."""
+    raw = make_class_folders(project / "data/raw", per_class=10, classes=("cats", "dogs"))
+    make_class_folders(raw, per_class=size, classes=("birds",), start_seed=5000)
+    update_params(project, {"prepare": {"test_fraction": test_fraction}})
+    entries, report, _ = run_prepare(project)
+    got = Counter(e.split for e in entries if e.label == "birds")
+    assert got == Counter(expected)
+    missing = {split for split in ("validation", "test") if split in report["counts"] and split not in expected}
+    assert {s for s, labels in report["classes_missing_from"].items() if "birds" in labels} == missing
+
+    shutil.rmtree(raw / "birds")
+    alone, _, _ = run_prepare(project)
+    assert {e.path: e.split for e in entries if e.label != "birds"} == {e.path: e.split for e in alone}
+
+
+def test_few_shot_split_is_seeded(project):
+    raw = make_class_folders(project / "data/raw", per_class=10, classes=("cats", "dogs"))
+    make_class_folders(raw, per_class=3, classes=("birds",), start_seed=5000)
+    first, _, _ = run_prepare(project)
+    again, _, _ = run_prepare(project)
+    assert [(e.path, e.split) for e in first] == [(e.path, e.split) for e in again]
+    splits_by_seed = set()
+    for seed in range(6):
+        update_params(project, {"base": {"seed": seed}})
+        entries, _, _ = run_prepare(project)
+        splits_by_seed.add(tuple(sorted((e.path, e.split) for e in entries if e.label == "birds")))
+    assert len(splits_by_seed) > 1, "the few-shot split should follow the seed"
