@@ -60,6 +60,10 @@ class HeadConfig(Section):
     batch_size: int
     patience: int
     early_stopping_fraction: float
+    batch_norm: bool
+    l2: float
+    label_smoothing: float
+    schedule: str
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class FinetuneConfig(Section):
     flip: bool
     rotation: float
     zoom: float
+    label_smoothing: float
+    schedule: str
 
 
 @dataclass(frozen=True)

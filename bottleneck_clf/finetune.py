@@ -88,13 +88,14 @@ def finetune(fit: tuple, stop: tuple, top: keras.Model, n_classes: int, config: 
 
     `top` itself is trained in place and holds the kept epoch's weights afterwards.
     """
-    from bottleneck_clf.head import fit_kept, loss_for
+    from bottleneck_clf.head import fit_kept, learning_rate_for, loss_for, stop_images
 
     inputs = keras.Input(shape=top.input_shape[1:], name="frozen_maps")
     augment = augmentation(config.flip, config.rotation, config.zoom, seed)
     model = keras.Model(inputs, top(augment(inputs)), name="finetune")
-    model.compile(optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum),
-                  loss=loss_for(n_classes), metrics=["accuracy"])
+    rate = learning_rate_for(config, stop_images(fit))
+    model.compile(optimizer=keras.optimizers.SGD(rate, momentum=config.momentum),
+                  loss=loss_for(n_classes, config.label_smoothing), metrics=["accuracy"])
     return fit_kept(model, fit, stop, config, seed, callbacks)
 
 

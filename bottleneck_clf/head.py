@@ -30,18 +30,30 @@ def is_binary(n_classes: int) -> bool:
     return n_classes == 2
 
 
-def build_head(input_shape: tuple[int, ...], n_classes: int, units: int, dropout: float):
-    """The seed's head: Flatten, Dense relu, Dropout, then sigmoid for two classes or softmax for more."""
+def build_head(input_shape: tuple[int, ...], n_classes: int, units: int, dropout: float, *,
+               batch_norm: bool = False, l2: float = 0.0):
+    """The seed's head: Flatten, Dense relu, Dropout, then sigmoid for two classes or softmax for more.
+
+    `batch_norm` puts a BatchNormalization between the hidden Dense and its relu; `l2` penalises the
+    Dense kernels (both levers of README "Accuracy levers"; off by default).
+    """
     if n_classes < 2:
         raise UserError(f"a classifier needs at least two classes, got {n_classes}")
+    regularizer = keras.regularizers.L2(l2) if l2 > 0 else None
     inputs = keras.Input(shape=input_shape, name="features")
     x = layers.Flatten(name="flatten")(inputs)
-    x = layers.Dense(units, activation="relu", name="dense")(x)
+    if batch_norm:
+        x = layers.Dense(units, use_bias=False, kernel_regularizer=regularizer, name="dense")(x)
+        x = layers.BatchNormalization(name="batch_norm")(x)
+        x = layers.Activation("relu", name="relu")(x)
+    else:
+        x = layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name="dense")(x)
     x = layers.Dropout(dropout, name="dropout")(x)
     if is_binary(n_classes):
-        outputs = layers.Dense(1, activation="sigmoid", name="probability")(x)
+        outputs = layers.Dense(1, activation="sigmoid", kernel_regularizer=regularizer, name="probability")(x)
     else:
-        outputs = layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+        outputs = layers.Dense(n_classes, activation="softmax", kernel_regularizer=regularizer,
+                               name="probabilities")(x)
     return keras.Model(inputs, outputs, name="head")
 
 
@@ -55,12 +67,51 @@ def make_optimizer(name: str, learning_rate: float):
     raise UserError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
 
 
-def loss_for(n_classes: int) -> str:
-    return "binary_crossentropy" if is_binary(n_classes) else "sparse_categorical_crossentropy"
+@keras.saving.register_keras_serializable(package="bottleneck_clf")
+class SmoothedSparseCrossentropy(keras.losses.Loss):
+    """Categorical cross-entropy with label smoothing for integer labels (Keras' sparse loss has none)."""
+
+    def __init__(self, n_classes: int, label_smoothing: float, **kwargs):
+        super().__init__(**kwargs)
+        self.n_classes, self.label_smoothing = n_classes, label_smoothing
+
+    def call(self, y_true, y_pred):
+        one_hot = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, [-1]), "int32"), self.n_classes)
+        return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "n_classes": self.n_classes, "label_smoothing": self.label_smoothing}
 
 
-def compile_head(model, n_classes: int, optimizer: str, learning_rate: float) -> None:
-    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss_for(n_classes), metrics=["accuracy"])
+def loss_for(n_classes: int, label_smoothing: float = 0.0):
+    """The training loss; label smoothing pulls the targets from 0/1 towards 1/n_classes."""
+    if label_smoothing == 0:
+        # Keras' own names: the models trained before the option existed stay bit for bit the same.
+        return "binary_crossentropy" if is_binary(n_classes) else "sparse_categorical_crossentropy"
+    if is_binary(n_classes):
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    return SmoothedSparseCrossentropy(n_classes, label_smoothing)
+
+
+def learning_rate_for(config, fit_images: int):
+    """The optimizer's step size: a number, or a cosine decay to 0 over `config.epochs` epochs."""
+    if config.schedule == "cosine":
+        steps = config.epochs * int(np.ceil(fit_images / config.batch_size))
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(1, steps))
+    return config.learning_rate
+
+
+def schedule_callbacks(config) -> list:
+    """reduce-on-plateau: a fifth of the step size after half the early-stopping patience without progress."""
+    if config.schedule != "plateau":
+        return []
+    return [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2,
+                                              patience=max(1, config.patience // 2), verbose=1)]
+
+
+def compile_head(model, n_classes: int, config: HeadConfig, fit_images: int) -> None:
+    model.compile(optimizer=make_optimizer(config.optimizer, learning_rate_for(config, fit_images)),
+                  loss=loss_for(n_classes, config.label_smoothing), metrics=["accuracy"])
 
 
 def probabilities(model, features: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -142,7 +193,7 @@ def fit_kept(model, fit: tuple, stop: tuple, config, seed: int, callbacks: list 
 
     `config` is the training section (HeadConfig or FinetuneConfig): its epochs, batch_size and patience.
     """
-    callbacks = list(callbacks or [])
+    callbacks = list(callbacks or []) + schedule_callbacks(config)
     stopper = None
     if config.patience > 0:
         stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
@@ -163,8 +214,9 @@ def fit_kept(model, fit: tuple, stop: tuple, config, seed: int, callbacks: list 
 def train_head(fit: tuple, stop: tuple, n_classes: int, config: HeadConfig, seed: int,
                callbacks: list | None = None):
     """Train a head on (features, labels, rows) to fit and to stop on; returns (model, history, kept epoch)."""
-    model = build_head(fit[0].shape[1:], n_classes, config.units, config.dropout)
-    compile_head(model, n_classes, config.optimizer, config.learning_rate)
+    model = build_head(fit[0].shape[1:], n_classes, config.units, config.dropout, batch_norm=config.batch_norm,
+                       l2=config.l2)
+    compile_head(model, n_classes, config, stop_images((None, fit[1], fit[2])))
     history, kept = fit_kept(model, fit, stop, config, seed, callbacks, stop_batch_size=max(config.batch_size, 256))
     return model, history, kept
 

@@ -17,6 +17,7 @@ POOLINGS = ("flatten", "avg", "max")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 LAYOUTS = ("auto", "by_class", "pre_split")
 EVAL_SPLITS = ("auto", "test", "validation")
+SCHEDULES = ("constant", "cosine", "plateau")
 SMALL_CLASS_ACTIONS = ("few_shot", "fail")
 BAD_IMAGE_ACTIONS = ("skip", "fail")
 PRECISIONS = ("float32", "bfloat16")
@@ -112,6 +113,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "batch_size": Int(1, 65536),
         "patience": Int(0, 100000),
         "early_stopping_fraction": Float(0.0, 0.5, low_open=True),
+        "batch_norm": Bool(),
+        "l2": Float(0.0, 1.0),
+        "label_smoothing": Float(0.0, 0.5),
+        "schedule": Choice(SCHEDULES),
     },
     "finetune": {
         "enabled": Bool(),
@@ -124,6 +129,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "flip": Bool(),
         "rotation": Float(0.0, 0.5),
         "zoom": Float(0.0, 1.0, high_open=True),
+        "label_smoothing": Float(0.0, 0.5),
+        "schedule": Choice(SCHEDULES),
     },
     "evaluate": {
         "split": Choice(EVAL_SPLITS),
