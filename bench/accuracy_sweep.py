@@ -1,0 +1,191 @@
+"""The accuracy sweep behind README "Accuracy levers", run the way a user would: queued DVC experiments.
+
+    python bench/accuracy_sweep.py [--data ../shared/data/cats-dogs-small] [--group head|size|finetune|all]
+                                   [--jobs 1] [--keep /path/to/repo]
+
+Makes a throwaway DVC repo of this project over the images, runs the default pipeline once (`dvc repro`),
+queues one experiment per lever (`dvc exp run --queue -S ...`), runs the queue (`dvc queue start -j N`),
+waits for it, and writes bench/results/accuracy-sweep.md: each lever's held-out accuracy with its 95 %
+interval, log loss, and the wall time its experiment took on this machine. Wall times are the gaps between
+the experiments' finishing times, so they are per experiment only with --jobs 1 (the default).
+
+Groups: head (minutes: every head lever on the cached features), size (image size 256 and 288: new features,
+~1.3x and ~1.7x the 224 px extraction), finetune (one and two blocks, smoothing and cosine: the frozen-block
+maps once, then minutes per epoch), all. The 2016 recipe is a row of the head group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from project_copy import copy_project  # noqa: E402
+
+# (row name, the -S settings): one queued experiment each.
+LEVERS = {
+    "head": [
+        ("head: batch normalisation", ["head.batch_norm=true"]),
+        ("head: L2 1e-4", ["head.l2=0.0001"]),
+        ("head: label smoothing 0.1", ["head.label_smoothing=0.1"]),
+        ("head: cosine schedule", ["head.schedule=cosine"]),
+        ("head: reduce on plateau", ["head.schedule=plateau"]),
+        ("2016 recipe (150 px, flatten, RMSprop 1e-4)",
+         ["extract.image_size=150", "extract.pooling=flatten", "head.optimizer=rmsprop",
+          "head.learning_rate=0.0001", "head.patience=0", "head.epochs=50"]),
+    ],
+    "size": [
+        ("image size 256, average pooling", ["extract.image_size=256"]),
+        ("image size 288, average pooling", ["extract.image_size=288"]),
+    ],
+    "finetune": [
+        ("fine-tune block 5", ["finetune.enabled=true"]),
+        ("fine-tune blocks 4-5, lr 5e-5", ["finetune.enabled=true", "finetune.blocks=2",
+                                           "finetune.learning_rate=0.00005"]),
+        ("fine-tune block 5, smoothing 0.1 + cosine", ["finetune.enabled=true", "finetune.label_smoothing=0.1",
+                                                       "finetune.schedule=cosine"]),
+    ],
+}
+
+
+def sh(command: list[str], cwd: Path) -> str:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def make_repo(repo: Path, data: Path) -> None:
+    copy_project(repo)
+    (repo / "data").mkdir(exist_ok=True)
+    os.symlink(data.resolve(), repo / "data/raw")  # read only; prepare never writes into data/raw
+    for command in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
+                    ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"], ["git", "add", "-A"],
+                    ["git", "commit", "-q", "-m", "sweep"]):
+        sh(command, repo)
+
+
+def wait_for_queue(repo: Path, expected: int, started: float) -> None:
+    """Until every queued experiment has finished or failed; prints progress each minute."""
+    while True:
+        status = sh(["dvc", "queue", "status"], repo)
+        done = status.count("Success") + status.count("Failed")
+        print(f"  {time.perf_counter() - started:7.0f} s: {done}/{expected} experiments done", flush=True)
+        if done >= expected and "Running" not in status and "Queued" not in status:
+            return
+        time.sleep(60)
+
+
+def metric(row: dict, path: str, *keys):
+    value = row.get("metrics", {}).get(path, {}).get("data", {})
+    for key in keys:
+        value = (value or {}).get(key)
+    return value
+
+
+def rows_from(repo: Path) -> list[dict]:
+    """Every experiment's name, params and evaluate metrics, from `dvc exp show --json`."""
+    shown = json.loads(sh(["dvc", "exp", "show", "--json", "--all-commits"], repo))
+    rows = []
+    for commit in shown:
+        for exp in [commit, *[e for group in commit.get("experiments") or [] for e in group.get("revs", [])]]:
+            data = exp.get("data") or {}
+            metrics = {"metrics": data.get("metrics", {})}
+            accuracy = metric(metrics, "metrics/eval/metrics.json", "accuracy")
+            if accuracy is None:
+                continue
+            rows.append({
+                "name": exp.get("name") or exp.get("rev"),
+                "timestamp": data.get("timestamp"),
+                "accuracy": accuracy,
+                "low": metric(metrics, "metrics/eval/metrics.json", "accuracy_ci95", "low"),
+                "high": metric(metrics, "metrics/eval/metrics.json", "accuracy_ci95", "high"),
+                "loss": metric(metrics, "metrics/eval/metrics.json", "loss"),
+                "images": metric(metrics, "metrics/eval/metrics.json", "images"),
+                "split": metric(metrics, "metrics/eval/metrics.json", "split"),
+            })
+    return rows
+
+
+def table(baseline: dict, named: list[tuple[str, list[str], dict | None, float | None]]) -> list[str]:
+    lines = ["| lever | settings | accuracy | 95 % interval | log loss | wall time | vs default |",
+             "|---|---|---|---|---|---|---|"]
+
+    def cells(row):
+        return (f"{row['accuracy']:.2%} | {row['low']:.2%}-{row['high']:.2%} | {row['loss']:.4f}")
+
+    lines.append(f"| default (params.yaml) | - | {cells(baseline)} | {baseline['seconds']:.0f} s (dvc repro) | - |")
+    for name, settings, row, seconds in named:
+        if row is None:
+            lines.append(f"| {name} | `{' '.join(settings)}` | failed | | | | |")
+            continue
+        delta = row["accuracy"] - baseline["accuracy"]
+        half = (baseline["high"] - baseline["low"]) / 2
+        verdict = f"{delta:+.2%}" + (" (inside the interval: no gain)" if abs(delta) < half else "")
+        wall = f"{seconds:.0f} s" if seconds is not None else "-"
+        lines.append(f"| {name} | `{' '.join(settings)}` | {cells(row)} | {wall} | {verdict} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cats-dogs-small")
+    parser.add_argument("--group", choices=[*LEVERS, "all"], default="head")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--keep", type=Path, help="build the repo here and keep it (default: a temp folder)")
+    args = parser.parse_args()
+    levers = [lever for group, items in LEVERS.items() if args.group in (group, "all") for lever in items]
+
+    with tempfile.TemporaryDirectory(prefix="sweep-") as scratch:
+        repo = args.keep or Path(scratch) / "repo"
+        make_repo(repo, args.data)
+        print(f"sweep: baseline `dvc repro` in {repo}", flush=True)
+        started = time.perf_counter()
+        sh(["dvc", "repro"], repo)
+        baseline_seconds = time.perf_counter() - started
+        sh(["git", "add", "-A"], repo)
+        sh(["git", "commit", "-q", "-m", "baseline"], repo)
+        names = []
+        for index, (_name, settings) in enumerate(levers):
+            exp_name = f"lever-{index:02d}"
+            sh(["dvc", "exp", "run", "--queue", "--name", exp_name, *[a for s in settings for a in ("-S", s)]],
+               repo)
+            names.append(exp_name)
+        print(f"sweep: {len(names)} experiments queued; dvc queue start -j {args.jobs}", flush=True)
+        queue_started = time.time()
+        sh(["dvc", "queue", "start", "-j", str(args.jobs)], repo)
+        wait_for_queue(repo, len(names), time.perf_counter())
+        rows = {row["name"]: row for row in rows_from(repo)}
+        baseline = next(r for r in rows.values() if r["name"] not in names)
+        baseline["seconds"] = baseline_seconds
+        finished = sorted((datetime.datetime.fromisoformat(rows[n]["timestamp"]).timestamp(), n)
+                          for n in names if n in rows and rows[n]["timestamp"])
+        seconds, previous = {}, queue_started
+        for when, name in finished:
+            seconds[name] = when - previous if args.jobs == 1 else None
+            previous = when
+        named = [(name, settings, rows.get(exp), seconds.get(exp))
+                 for (name, settings), exp in zip(levers, names, strict=True)]
+
+    import report
+
+    body = [f"Data: `{args.data.name}`; scored on the `{baseline['split']}` split ({baseline['images']} images), "
+            "which no training choice looked at (README, \"Which numbers to believe\"). One queued DVC experiment "
+            f"per row, `dvc queue start -j {args.jobs}`; wall time is the experiment's own (queue order, -j 1).",
+            "", *table(baseline, named)]
+    report.write(f"accuracy-sweep-{args.group}", f"Accuracy levers on {args.data.name} ({args.group})", body)
+    print("\n".join(body))
+
+
+if __name__ == "__main__":
+    main()
