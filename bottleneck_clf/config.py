@@ -83,6 +83,12 @@ class EvaluateConfig(Section):
 
 
 @dataclass(frozen=True)
+class ExportConfig(Section):
+    formats: list
+    calibration_images: int
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole params file, one attribute per section (the attribute name is the section's)."""
 
@@ -93,6 +99,7 @@ class Config:
     head: HeadConfig
     finetune: FinetuneConfig
     evaluate: EvaluateConfig
+    export: ExportConfig
 
     @classmethod
     def from_params(cls, params: dict[str, dict[str, Any]]) -> Config:
@@ -108,6 +115,7 @@ SECTIONS: dict[str, type[Section]] = {
     "head": HeadConfig,
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
+    "export": ExportConfig,
 }
 
 

@@ -289,3 +289,91 @@ def batched(runner: Runner, images: list[np.ndarray], batch_size: int) -> np.nda
     """(n, classes) probabilities of float32 resized images, `batch_size` per runtime call."""
     chunks = [runner.run(np.stack(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
     return np.concatenate(chunks) if chunks else np.zeros((0, runner.n_outputs))
+
+
+# Formats whose probabilities must match evaluate's (predictions.csv, 6 decimals) within this; int8 is reported.
+# Measured on the tiny test project: 0 for keras and saved_model (evaluate's own float32 graph), up to about 1e-6
+# for LiteRT float32 (XNNPACK kernels) and ONNX Runtime (README, "Shipping: formats and runtimes").
+FLOAT_AGREEMENT = 1e-4
+FLOAT_FORMATS = ("keras", "saved_model", "litert_float32", "onnx")
+
+
+def calibration_sample(entries, raw: Path, count: int, seed: int, image_size: int, interpolation: str) -> np.ndarray:
+    """float32 (n, size, size, 3): `count` training images (a seeded sample of the manifest's train split),
+    decoded and resized the pipeline way, for int8 calibration."""
+    from bottleneck_clf.images import load_array
+
+    train = sorted((e for e in entries if e.split == "train"), key=lambda e: e.path)
+    if not train:
+        raise UserError("export: litert_int8 needs training images to calibrate on, and the manifest lists none; "
+                        "rerun `dvc repro prepare`")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(train), size=min(count, len(train)), replace=False)
+    return np.stack([load_array(raw / train[i].path, image_size, interpolation) for i in sorted(chosen)])
+
+
+def read_reference(path: Path, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """evaluate's predictions.csv: (image paths, actual class indices, predicted indices, probabilities)."""
+    import csv
+
+    if not Path(path).exists():
+        raise UserError(f"{path}: not found; export checks every format against evaluate's predictions: "
+                        "run `dvc repro evaluate` first")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    index = {name: i for i, name in enumerate(classes)}
+    try:
+        ids = [row["path"] for row in rows]
+        actual = np.array([index[row["actual"]] for row in rows], np.int64)
+        predicted = np.array([index[row["predicted"]] for row in rows], np.int64)
+        probs = np.array([[float(row[f"p_{name}"]) for name in classes] for row in rows], np.float64)
+    except (KeyError, ValueError) as exc:
+        raise UserError(f"{path}: does not match the features' classes {classes} ({exc}); rerun "
+                        "`dvc repro evaluate`") from None
+    return ids, actual, predicted, probs.reshape(len(rows), len(classes))
+
+
+def file_bytes(path: Path) -> int:
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def check_formats(folder: Path, formats: list[str], image_paths: list[Path], reference: tuple, threshold: float,
+                  image_size: int, interpolation: str, batch_size: int = 32) -> dict[str, dict]:
+    """Each written format loaded in its own runtime and run on evaluate's images: per format, the largest
+    probability difference from evaluate's, the share of equal labels, the accuracy and the file's size.
+
+    UserError when a float format is more than FLOAT_AGREEMENT from evaluate's probabilities (a broken export).
+    """
+    import sys
+
+    from tqdm import tqdm
+
+    from bottleneck_clf.evaluation import predict_labels
+    from bottleneck_clf.images import load_array
+
+    _, actual, predicted, expected = reference
+    runners = {fmt: load_runner(folder / FILES[fmt]) for fmt in formats}
+    got: dict[str, list[np.ndarray]] = {fmt: [] for fmt in formats}
+    for start in tqdm(range(0, len(image_paths), batch_size), desc="export: check formats", unit="batch",
+                      disable=len(image_paths) <= batch_size, file=sys.stderr):
+        chunk = [load_array(p, image_size, interpolation) for p in image_paths[start:start + batch_size]]
+        for fmt, runner in runners.items():
+            got[fmt].append(runner.run(np.stack(chunk)))
+    results = {}
+    for fmt in formats:
+        probs = np.concatenate(got[fmt]) if got[fmt] else np.zeros_like(expected)
+        labels = predict_labels(probs, threshold)
+        results[fmt] = {
+            "max_abs_prob_diff": float(np.abs(probs - expected).max()) if len(probs) else 0.0,
+            "label_agreement": float(np.mean(labels == predicted)) if len(probs) else 1.0,
+            "accuracy": float(np.mean(labels == actual)) if len(probs) else 0.0,
+            "file_bytes": file_bytes(folder / FILES[fmt]),
+        }
+    bad = {fmt: r["max_abs_prob_diff"] for fmt, r in results.items()
+           if fmt in FLOAT_FORMATS and r["max_abs_prob_diff"] > FLOAT_AGREEMENT}
+    if bad:
+        listed = ", ".join(f"{fmt} {diff:.2g}" for fmt, diff in bad.items())
+        raise UserError(f"export: {listed} off evaluate's probabilities by more than {FLOAT_AGREEMENT} "
+                        "(metrics/eval/predictions.csv); run `dvc repro` so export and evaluate see the same model")
+    return results
