@@ -113,8 +113,7 @@ def write_saved_model(model, target: Path, classes_file: Path | None = None) -> 
     size, _ = resize_settings(model)
     resized = after_resize(model)
     archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.track(resized)
+    archive.track(model)  # `resized` shares its layers and variables: stored once
     archive.add_endpoint("serving_default", lambda image: model(image, training=False),
                          input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8, name="image")])
     archive.add_endpoint(RESIZED_SIGNATURE, lambda image: resized(image, training=False),
