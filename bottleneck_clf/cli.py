@@ -1,6 +1,6 @@
 """The project's tools as one command with subcommands, `bottleneck COMMAND`, the way `dvc` and `git` work.
 
-    bottleneck predict MODEL IMAGE_OR_DIR... [--output preds.csv] [--classes classes.json]
+    bottleneck predict MODEL IMAGE_OR_DIR... [--output preds.csv] [--classes classes.json] [--batch-size N]
     bottleneck check-repro [--rev REV] [--strict | --metrics-only] [--tolerance X]
     bottleneck cache prune [--older-than DAYS | --all]
     bottleneck demo [--out DIR] [--per-class N] [--size PX]
@@ -23,7 +23,7 @@ PROG = "bottleneck"
 def _predict(args: argparse.Namespace) -> int:
     from bottleneck_clf.predict import predict
 
-    return predict(args.model, args.images, args.output, args.classes)
+    return predict(args.model, args.images, args.output, args.classes, args.batch_size)
 
 
 def _check_repro(args: argparse.Namespace) -> int:
@@ -86,10 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "Prints path,class,probability per image, or writes every class's probability to --output; "
                     "unreadable files are reported and skipped, and the exit status is 1 only when no image "
                     "could be classified.")
-    predict.add_argument("model", type=Path, help="exported model.keras (data/models/classifier/model.keras)")
+    predict.add_argument("model", type=Path, help="an exported model: model.keras, saved_model/, *.tflite or "
+                                                  "model.onnx (in data/models/classifier/)")
     predict.add_argument("images", nargs="+", help="image files or folders")
     predict.add_argument("--output", type=Path, help="write a CSV with every class's probability here")
     predict.add_argument("--classes", type=Path, help="classes.json (default: the one beside MODEL)")
+    predict.add_argument("--batch-size", type=_positive_int, default=32, help="images per model call (default 32)")
     predict.set_defaults(handler=_predict, name="predict")
 
     check = commands.add_parser(

@@ -90,6 +90,12 @@ class EvaluateConfig(Section):
 
 
 @dataclass(frozen=True)
+class ExportConfig(Section):
+    formats: list
+    calibration_images: int
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole params file, one attribute per section (the attribute name is the section's)."""
 
@@ -100,6 +106,7 @@ class Config:
     head: HeadConfig
     finetune: FinetuneConfig
     evaluate: EvaluateConfig
+    export: ExportConfig
 
     @classmethod
     def from_params(cls, params: dict[str, dict[str, Any]]) -> Config:
@@ -115,6 +122,7 @@ SECTIONS: dict[str, type[Section]] = {
     "head": HeadConfig,
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
+    "export": ExportConfig,
 }
 
 

@@ -87,6 +87,28 @@ class WeightsSource:
         return None
 
 
+@dataclass(frozen=True)
+class ChoiceList:
+    """A list of distinct names from `choices` that must include the ones in `required`."""
+
+    choices: tuple[str, ...]
+    required: tuple[str, ...] = ()
+
+    def check(self, value: Any) -> str | None:
+        expected = f"a list of distinct names from {', '.join(self.choices)}"
+        if self.required:
+            expected += f", with {', '.join(self.required)}"
+        if not isinstance(value, list) or len(set(map(str, value))) != len(value):
+            return f"must be {expected}; got {value!r}"
+        unknown = [item for item in value if item not in self.choices]
+        if unknown or not set(self.required) <= set(value):
+            return f"must be {expected}; got {value!r}"
+        return None
+
+
+# export.formats (bottleneck_clf/runtimes.py FORMATS); keras is the one the others are converted from.
+EXPORT_FORMATS = ("keras", "saved_model", "litert_float32", "litert_int8", "onnx")
+
 SCHEMA: dict[str, dict[str, Any]] = {
     "base": {"seed": Int(0, 2**31 - 1)},
     "weights": {"source": WeightsSource()},
@@ -136,6 +158,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "split": Choice(EVAL_SPLITS),
         "threshold": Float(0.0, 1.0, low_open=True, high_open=True),
         "gallery_size": Int(0, 1000),
+    },
+    "export": {
+        "formats": ChoiceList(EXPORT_FORMATS, required=("keras",)),
+        "calibration_images": Int(1, 100000),
     },
 }
 

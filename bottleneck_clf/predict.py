@@ -1,9 +1,12 @@
 """Classify image files with an exported model.
 
-    bottleneck predict MODEL IMAGE_OR_DIR... [--output preds.csv]
+    bottleneck predict MODEL IMAGE_OR_DIR... [--output preds.csv] [--batch-size 32]
 
-MODEL is the export stage's `model.keras` (class names and the decision threshold, `evaluate.threshold`, from
-`classes.json` beside it, so the classes are evaluate's). Folders are searched recursively, skipping hidden and
+MODEL is any file the export stage wrote (README, "Shipping: formats and runtimes"): `model.keras`, the
+`saved_model` folder, `model_float32.tflite`, `model_int8.tflite` or `model.onnx`, told apart by extension; the
+format used is printed on stderr. Images are decoded and resized the pipeline's way, then run `--batch-size` at a
+time. Class names and the decision threshold (`evaluate.threshold`) come from `classes.json` beside it, so the
+classes are evaluate's. Folders are searched recursively, skipping hidden and
 system files. Prints `path,class,probability` per image (the probability of the class given), or writes them
 with every class's probability to --output. A file that cannot be read is reported with the reason and skipped;
 the exit status is 1 only when no image at all could be classified.
@@ -27,6 +30,7 @@ from bottleneck_clf.images import BadImage, decode_rgb, list_files
 from bottleneck_clf.params import check_threshold
 
 DEFAULT_THRESHOLD = 0.5  # for a model exported before classes.json recorded evaluate.threshold
+DEFAULT_BATCH_SIZE = 32  # images per runtime call
 
 
 def find_images(targets: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -74,35 +78,69 @@ def read_threshold(path: Path, info: dict, n_classes: int) -> float:
         raise UserError(f"{path}: {exc}, then rerun `dvc repro export`") from None
 
 
-def classify(model, files: list[Path]):
-    """Yield (path, probabilities or None, error or None) per file; one image per call, any size."""
+def resize_settings(runner, info_path: Path) -> tuple[int, str]:
+    """(image size, params.yaml interpolation name) the images are resized with before the runtime sees them."""
+    from bottleneck_clf.images import RESIZE_METHODS
+
+    if info_path.exists():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if "image_size" in info and "interpolation" in info:
+            return int(info["image_size"]), info["interpolation"]
+    if runner.format == "keras":  # the model's own Resizing layer says it
+        names = {method: name for name, method in RESIZE_METHODS.items()}
+        return runner.image_size, names[runner.interpolation]
+    raise UserError(f"{info_path}: needed for a {runner.format} model (its image_size and interpolation say how "
+                    "to resize the images); pass the classes.json exported beside it with --classes")
+
+
+def classify(runner, files: list[Path], image_size: int, interpolation: str, batch_size: int):
+    """Yield (path, probabilities or None, error or None) per file, in order; `batch_size` images per call.
+
+    Each image is decoded and resized as the pipeline does (the Resizing layer's op), so every format gets the
+    very tensor evaluate's features came from.
+    """
     from tqdm import tqdm
+
+    from bottleneck_clf.images import resize
+
+    pending: list[tuple[Path, np.ndarray]] = []
+
+    def flush():
+        probs = runner.run(np.stack([image for _, image in pending]))
+        yield from ((path, row, None) for (path, _), row in zip(pending, probs, strict=True))
+        pending.clear()
 
     for path in tqdm(files, desc="predict", unit="img", disable=len(files) < 2, file=sys.stderr):
         try:
             image = np.asarray(decode_rgb(path.read_bytes()), dtype=np.uint8)
         except (BadImage, OSError) as exc:
+            if pending:
+                yield from flush()
             yield path, None, str(exc)
             continue
-        # An eager call: images of new sizes do not retrace a graph.
-        yield path, np.asarray(model(image[None], training=False), np.float64)[0], None
+        pending.append((path, np.asarray(resize(image, image_size, interpolation), np.float32)))
+        if len(pending) == batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()
 
 
 def predict(model_path: Path, targets: list[str], output: Path | None = None,
-            classes_path: Path | None = None) -> int:
-    """Classify `targets` (files and folders) with the exported model; the exit status (1: nothing classified)."""
+            classes_path: Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """Classify `targets` (files and folders) with an exported model of any format; the exit status (1: nothing
+    classified)."""
+    from bottleneck_clf.runtimes import load_runner
+
     model_path = Path(model_path)
     output = None if output is None else Path(output)
     classes_path = None if classes_path is None else Path(classes_path)
-    if not model_path.is_file():
-        raise UserError(f"{model_path}: model file not found; run `dvc repro export` to make one")
-    import keras
-
-    model = keras.saving.load_model(model_path, compile=False)
-    classes, threshold = read_classes(model_path, classes_path, int(model.output_shape[-1]))
+    runner = load_runner(model_path)  # UserError for a missing, unknown or damaged file
+    classes, threshold = read_classes(model_path, classes_path, runner.n_outputs)
+    image_size, interpolation = resize_settings(runner, classes_path or model_path.parent / CLASSES_FILE)
+    print(f"predict: format {runner.format} ({model_path}), batches of {batch_size}", file=sys.stderr)
     files, failures = find_images(targets)
     rows = []
-    for path, probs, error in classify(model, files):
+    for path, probs, error in classify(runner, files, image_size, interpolation, batch_size):
         if error is not None:
             failures.append((path, error))
             continue

@@ -115,8 +115,8 @@ def test_exported_model_takes_any_size_and_sums_to_one(project):
 
 def test_three_classes_export_softmax(project):
     make_class_folders(project / "data/raw", per_class=6, classes=("birds", "cats", "dogs"))
-    for stage in (weights, prepare, extract_stage, train_head, finetune, export):
-        stage.main()
+    for stage in (weights, prepare, extract_stage, train_head, finetune, evaluate, export):  # export checks
+        stage.main()                                                                       # against evaluate
     model = keras.saving.load_model(project / "data/models/classifier/model.keras")
     assert model.output_shape == (None, 3)
     info = json.loads((project / "data/models/classifier/classes.json").read_text())
