@@ -183,7 +183,8 @@ def main() -> None:
             "which no training choice looked at (README, \"Which numbers to believe\"). One queued DVC experiment "
             f"per row, `dvc queue start -j {args.jobs}`; wall time is the experiment's own (queue order, -j 1).",
             "", *table(baseline, named)]
-    report.write(f"accuracy-sweep-{args.data.name}-{args.group}", f"Accuracy levers on {args.data.name} ({args.group})", body)
+    report.write(f"accuracy-sweep-{args.data.name}-{args.group}", f"Accuracy levers on {args.data.name} ({args.group})",
+                 body)
     print("\n".join(body))
 
 
