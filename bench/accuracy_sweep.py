@@ -163,7 +163,9 @@ def main() -> None:
             names.append(exp_name)
         print(f"sweep: {len(names)} experiments queued; dvc queue start -j {args.jobs}", flush=True)
         queue_started = time.time()
-        sh(["dvc", "queue", "start", "-j", str(args.jobs)], repo)
+        # Not captured: the queue workers it starts inherit the pipe and would hold it open until they stop.
+        subprocess.run(["dvc", "queue", "start", "-j", str(args.jobs)], cwd=repo, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_queue(repo, len(names), time.perf_counter())
         rows = {row["name"]: row for row in rows_from(repo)}
         baseline = next(r for r in rows.values() if r["name"] not in names)
