@@ -83,6 +83,13 @@ class EvaluateConfig(Section):
 
 
 @dataclass(frozen=True)
+class RayConfig(Section):
+    engine: str
+    actors: int
+    gpus_per_actor: float
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole params file, one attribute per section (the attribute name is the section's)."""
 
@@ -93,6 +100,7 @@ class Config:
     head: HeadConfig
     finetune: FinetuneConfig
     evaluate: EvaluateConfig
+    ray: RayConfig
 
     @classmethod
     def from_params(cls, params: dict[str, dict[str, Any]]) -> Config:
@@ -108,6 +116,7 @@ SECTIONS: dict[str, type[Section]] = {
     "head": HeadConfig,
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
+    "ray": RayConfig,
 }
 
 

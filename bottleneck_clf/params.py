@@ -19,6 +19,7 @@ LAYOUTS = ("auto", "by_class", "pre_split")
 EVAL_SPLITS = ("auto", "test", "validation")
 BAD_IMAGE_ACTIONS = ("skip", "fail")
 PRECISIONS = ("float32", "bfloat16")
+ENGINES = ("auto", "local", "ray")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "split": Choice(EVAL_SPLITS),
         "threshold": Float(0.0, 1.0, low_open=True, high_open=True),
         "gallery_size": Int(0, 1000),
+    },
+    "ray": {
+        "engine": Choice(ENGINES),
+        "actors": Int(0, 100000),
+        "gpus_per_actor": Float(0.0, 64.0, low_open=True),
     },
 }
 

@@ -35,6 +35,7 @@ def main() -> None:
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
+    from bottleneck_clf.engine import device, local_device, open_engine
     from bottleneck_clf.feature_cache import feature_cache_dir
     from bottleneck_clf.finetune import RECIPE_FILE, TOP_FILE, FrozenMaps, build_top, finetune, recipe, split_maps
     from bottleneck_clf.head import kept_message, kept_summary, seed_everything, stop_images, stopping_sets
@@ -55,10 +56,12 @@ def main() -> None:
     entries = read_manifest(paths["prepared"] / MANIFEST)
     classes = class_names(entries)
     weights = read_weights(paths["weights"])
-    frozen = FrozenMaps(weights, config.extract, settings.blocks, feature_cache_dir())
     with tempfile.TemporaryDirectory(prefix="finetune-maps-") as scratch:
-        data = {split: split_maps(frozen, entries, split, paths["raw"], classes, Path(scratch))
-                for split in ("train", "validation")}
+        with open_engine(config.ray) as engine:
+            frozen = FrozenMaps(weights, config.extract, settings.blocks, feature_cache_dir(), engine)
+            data = {split: split_maps(frozen, entries, split, paths["raw"], classes, Path(scratch))
+                    for split in ("train", "validation")}
+            print(f"finetune: frozen blocks: {device(engine)}; training: {local_device()}")
         del frozen
         prepared = time.perf_counter() - started
         # The same images to stop on as train_head's (same labels, fraction and seed).
