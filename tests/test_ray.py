@@ -162,7 +162,7 @@ def free_port() -> int:
 
 
 def test_an_unreachable_cluster_fails_fast_naming_the_address(project, monkeypatch, capsys):
-    make_class_folders(project / "data/raw", per_class=4)
+    make_class_folders(project / "data/raw", per_class=5)
     weights.main()
     prepare.main()
     address = f"127.0.0.1:{free_port()}"
