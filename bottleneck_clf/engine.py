@@ -18,6 +18,7 @@ makes DVC rerun nothing (README, "Extraction on a Ray cluster").
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -127,6 +128,7 @@ class RayEngine:
         self._weights: dict[int, object] = {}
         self.actors = 0
         self.gpus_per_actor = 0.0
+        self.machines: set[str] = set()  # signatures (machine.py) of the processes that ran VGG16
 
     def connect(self) -> None:
         if self.connected:
@@ -173,6 +175,16 @@ class RayEngine:
         return (f"device: Ray at {where}: {self.nodes} node(s), {self.cpus:g} CPUs, {self.gpus:g} GPUs; "
                 f"{self.actors} VGG16 actor(s) with {per_actor} each")
 
+    def made_on(self) -> dict | None:
+        """The machine signature of the actors that computed features (for `machine.record`): None when none
+        did; when nodes differ, one whose `cpu` lists them all, so that `check-repro` never compares strictly."""
+        if not self.machines:
+            return None
+        signatures = [json.loads(text) for text in sorted(self.machines)]
+        if len(signatures) == 1:
+            return signatures[0]
+        return {**signatures[0], "cpu": {"nodes": [sig["cpu"] for sig in signatures]}}
+
     def close(self) -> None:
         if self._started_ray:
             import ray
@@ -198,8 +210,8 @@ class RayEngine:
         from bottleneck_clf.features import ChangedImage, read_checked
 
         self.connect()
-        if id(weights) not in self._weights:
-            self._weights[id(weights)] = ray.put(weights)  # once per stage, fetched by each actor
+        if id(weights) not in self._weights:  # once per stage, fetched by each actor (kept: ids are reused)
+            self._weights[id(weights)] = (weights, ray.put(weights))
         size = extract.batch_size
         # Absolute: the reading tasks do not run in the driver's working directory.
         rows = ray.data.from_items([{"row": row, "path": os.path.abspath(path), "sha256": digest}
@@ -215,7 +227,7 @@ class RayEngine:
                          fn_kwargs={"image_size": extract.image_size, "interpolation": extract.interpolation})
             .map_batches(VggActor, batch_size=size, compute=ray.data.ActorPoolStrategy(size=self.actors),
                          num_cpus=1, num_gpus=self.gpus_per_actor, scheduling_strategy="SPREAD",
-                         fn_constructor_kwargs={"weights": [self._weights[id(weights)]],
+                         fn_constructor_kwargs={"weights": [self._weights[id(weights)][1]],
                                                 "image_size": extract.image_size, "pooling": pooling,
                                                 "precision": extract.precision, "output": output,
                                                 "batch_size": size})
@@ -231,6 +243,7 @@ class RayEngine:
             if not np.array_equal(got, np.arange(expected, expected + len(got))):
                 raise RuntimeError(f"Ray returned rows {got[:3]}... where row {expected} was due")
             expected += len(got)
+            self.machines.update(str(text) for text in set(np.asarray(batch["machine"]).tolist()))
             yield np.asarray(batch["features"], np.float32)
 
 
@@ -267,10 +280,12 @@ class VggActor:
 
         import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
         from bottleneck_clf.features import build_extractor
+        from bottleneck_clf.machine import signature
 
         (values,) = ray.get(weights) if isinstance(weights[0], ray.ObjectRef) else (weights[0],)
         self.model = build_extractor(values, image_size, pooling, precision, output=output)
         self.batch_size = batch_size
+        self.machine = json.dumps(signature(), sort_keys=True)  # where these floats are made (check-repro)
 
     def __call__(self, batch: dict) -> dict:
         from bottleneck_clf.features import encode_batch
@@ -279,4 +294,5 @@ class VggActor:
         # Ray may hand over more or fewer rows than a batch: encode them a full (padded) batch at a time.
         parts = [encode_batch(self.model, pixels[start:start + self.batch_size], self.batch_size)
                  for start in range(0, len(pixels), self.batch_size)]
-        return {"row": batch["row"], "ok": batch["ok"], "features": np.concatenate(parts)}
+        return {"row": batch["row"], "ok": batch["ok"], "features": np.concatenate(parts),
+                "machine": np.array([self.machine] * len(pixels))}

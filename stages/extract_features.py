@@ -33,6 +33,8 @@ def main() -> None:
             write_json(tmp / META_FILE, {"classes": classes, "counts": counts,
                                          "feature_shape": list(extractor.shape), "fingerprint": extractor.fingerprint})
         where = device(engine)
+        if engine is not None and engine.made_on():
+            record_machine(paths["machine"], "extract_features", engine.made_on())  # the nodes, not this one
     seconds = time.perf_counter() - started
     total = sum(counts.values())
     rate = f", {encoded / seconds:.1f} img/s" if encoded else ""

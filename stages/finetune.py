@@ -15,6 +15,7 @@ from bottleneck_clf.atomic import atomic_dir, write_json
 from bottleneck_clf.config import load_config
 from bottleneck_clf.dataset import MANIFEST, class_names, read_manifest
 from bottleneck_clf.machine import record as record_machine
+from bottleneck_clf.machine import signature as machine_signature
 from bottleneck_clf.paths import project_paths
 
 
@@ -62,6 +63,11 @@ def main() -> None:
             data = {split: split_maps(frozen, entries, split, paths["raw"], classes, Path(scratch))
                     for split in ("train", "validation")}
             print(f"finetune: frozen blocks: {device(engine)}; training: {local_device()}")
+            if engine is not None and engine.made_on() and engine.made_on() != machine_signature():
+                # Maps from other machines and training here: no single machine made these floats.
+                record_machine(paths["machine"], "finetune",
+                               {**machine_signature(), "cpu": {"nodes": [engine.made_on()["cpu"],
+                                                                        machine_signature()["cpu"]]}})
         del frozen
         prepared = time.perf_counter() - started
         # The same images to stop on as train_head's (same labels, fraction and seed).

@@ -3,12 +3,15 @@ cache misses sent, a killed actor retried, an unreachable address and a missing 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,9 +23,9 @@ from conftest import make_class_folders, update_params
 from bottleneck_clf.config import ExtractConfig, RayConfig
 from bottleneck_clf.engine import RayEngine, choose
 from bottleneck_clf.errors import UserError
-from bottleneck_clf.feature_cache import FeatureCache
 from bottleneck_clf.features import load_split
 from bottleneck_clf.finetune import FrozenMaps
+from bottleneck_clf.machine import signature
 from bottleneck_clf.vgg_weights import read_weights
 from stages import extract_features, prepare, weights
 
@@ -85,6 +88,9 @@ def test_ray_features_equal_local_and_only_misses_go_to_the_cluster(project, on_
     assert encoded(out) == 24, out
     assert f"device: Ray at {on_cluster.address}: 2 node(s)" in out and "2 VGG16 actor(s)" in out, out
     assert_bitwise_equal(features(project), local)
+    # The record names the machine the actors ran on (here this one, so check-repro may compare strictly).
+    made_on = json.loads((project / "metrics/machine/extract_features.json").read_text())
+    assert made_on == {"stage": "extract_features", **signature()}
 
     update_params(project, {"ray": {"engine": "local"}})  # switching back re-encodes nothing
     out = run_extract(capsys)
@@ -103,8 +109,7 @@ def test_ray_features_equal_local_and_only_misses_go_to_the_cluster(project, on_
     assert_bitwise_equal(with_new, features(project))
 
 
-def test_a_killed_actor_is_retried_and_the_features_are_the_same(project, on_cluster, feature_cache, capsys,
-                                                                 monkeypatch):
+def test_a_killed_actor_is_retried_and_the_features_are_the_same(project, on_cluster, feature_cache, capsys):
     make_class_folders(project / "data/raw", per_class=30)
     update_params(project, {"extract": {"batch_size": 2}})  # many small batches: the kill lands mid-run
     weights.main()
@@ -114,24 +119,31 @@ def test_a_killed_actor_is_retried_and_the_features_are_the_same(project, on_clu
     local = features(project)
     shutil.rmtree(feature_cache)
 
-    killed = []
-    put = FeatureCache.put
+    killed, restarted, done = [], set(), threading.Event()
 
-    def put_then_kill(self, sha256, value):
-        put(self, sha256, value)
-        if not killed:  # the first feature is back: kill every VGG16 actor while the rest is in flight
-            for process in psutil.process_iter(["cmdline"]):
-                if ACTOR in " ".join(process.info["cmdline"] or []):
-                    os.kill(process.pid, signal.SIGKILL)
-                    killed.append(process.pid)
-            assert killed, "no VGG16 actor process found to kill"
+    def actor_pids() -> set[int]:
+        return {p.pid for p in psutil.process_iter(["cmdline"]) if ACTOR in " ".join(p.info["cmdline"] or [])}
 
-    monkeypatch.setattr(FeatureCache, "put", put_then_kill)
+    def killer():  # as soon as the VGG16 actors are up, kill them all; then watch Ray replace them
+        while not done.wait(0.02):
+            pids = actor_pids()
+            if not killed and pids:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                killed.extend(pids)
+            restarted.update(pids - set(killed))
+
+    watcher = threading.Thread(target=killer, daemon=True)
+    watcher.start()
     update_params(project, {"ray": {"engine": "ray"}})
-    out = run_extract(capsys)
+    try:
+        out = run_extract(capsys)
+    finally:
+        done.set()
+        watcher.join()
     assert killed and encoded(out) == 60, out
-    alive = [p.pid for p in psutil.process_iter(["cmdline"]) if ACTOR in " ".join(p.info["cmdline"] or [])]
-    assert not set(killed) & set(alive)
+    assert restarted, "no actor replaced the killed ones"
     assert_bitwise_equal(features(project), local)
 
 
