@@ -23,7 +23,7 @@ from conftest import make_class_folders, update_params
 from bottleneck_clf.config import ExtractConfig, RayConfig
 from bottleneck_clf.engine import RayEngine, choose
 from bottleneck_clf.errors import UserError
-from bottleneck_clf.features import load_split
+from bottleneck_clf.features import ChangedImage, load_split
 from bottleneck_clf.finetune import FrozenMaps
 from bottleneck_clf.machine import signature
 from bottleneck_clf.vgg_weights import read_weights
@@ -161,10 +161,16 @@ def test_frozen_maps_on_ray_equal_local(tmp_path, tiny_weights, on_cluster):
     try:
         remote = FrozenMaps(values, extract, 1, tmp_path / "ray-cache", engine)
         maps_ray, n_ray, _ = remote.compute(paths, digests, tmp_path / "ray.npy", "ray")
+        assert n_local == n_ray == len(paths) and maps_ray.shape == (len(paths), 2, 2, 512)
+        assert np.asarray(maps_ray).tobytes() == np.asarray(maps_local).tobytes()
+
+        # A file that changed after its digest was taken is caught where the cluster reads it, and named.
+        Path(paths[3]).write_bytes(Path(paths[0]).read_bytes())
+        fresh = FrozenMaps(values, extract, 1, tmp_path / "another-cache", engine)
+        with pytest.raises(ChangedImage, match=rf"{paths[3]}: changed since `prepare` hashed it"):
+            fresh.compute(paths, digests, tmp_path / "changed.npy", "ray")
     finally:
         engine.close()
-    assert n_local == n_ray == len(paths) and maps_ray.shape == (len(paths), 2, 2, 512)
-    assert np.asarray(maps_ray).tobytes() == np.asarray(maps_local).tobytes()
 
 
 def free_port() -> int:
