@@ -96,6 +96,13 @@ class ExportConfig(Section):
 
 
 @dataclass(frozen=True)
+class RayConfig(Section):
+    engine: str
+    actors: int
+    gpus_per_actor: float
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole params file, one attribute per section (the attribute name is the section's)."""
 
@@ -107,6 +114,7 @@ class Config:
     finetune: FinetuneConfig
     evaluate: EvaluateConfig
     export: ExportConfig
+    ray: RayConfig
 
     @classmethod
     def from_params(cls, params: dict[str, dict[str, Any]]) -> Config:
@@ -123,6 +131,7 @@ SECTIONS: dict[str, type[Section]] = {
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
     "export": ExportConfig,
+    "ray": RayConfig,
 }
 
 

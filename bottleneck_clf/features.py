@@ -140,25 +140,36 @@ def image_batches(paths: list[str], image_size: int, interpolation: str, batch_s
     return dataset.batch(batch_size).prefetch(2)
 
 
-def iter_features(model, paths: list[str], image_size: int, interpolation: str, batch_size: int,
-                  digests: list[str] | None = None):
-    """float32 features of `paths`, one batch at a time, in order; ChangedImage if a file is not `digests`.
+def encode_batch(model, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    """float32 features of up to `batch_size` resized images (float32, n x side x side x 3), in order.
 
-    The last batch is padded to full size so that every image goes through the same kernels whatever its
-    neighbours: that keeps a cached feature bitwise equal to a fresh one.
+    The batch is padded to full size so that every image goes through the same kernels whatever its
+    neighbours: that keeps a cached feature bitwise equal to a fresh one, and the Ray engine's equal to this
+    process's (both call this function).
     """
     import keras
+
+    n = len(pixels)
+    if n < batch_size:
+        pixels = np.concatenate([pixels, np.zeros((batch_size - n, *pixels.shape[1:]), pixels.dtype)])
+    x = keras.applications.vgg16.preprocess_input(pixels.astype(np.float32, copy=False))
+    return np.asarray(model.predict_on_batch(x), dtype=np.float32)[:n]
+
+
+def resized_pixels(data: bytes, image_size: int, interpolation: str) -> np.ndarray:
+    """One image file's bytes decoded and resized as `image_batches` does it: float32 (side, side, 3)."""
+    return np.asarray(resize(np.asarray(decode_rgb(data), dtype=np.uint8), image_size, interpolation), np.float32)
+
+
+def iter_features(model, paths: list[str], image_size: int, interpolation: str, batch_size: int,
+                  digests: list[str] | None = None):
+    """float32 features of `paths`, one batch at a time, in order; ChangedImage if a file is not `digests`."""
     import tensorflow as tf
 
     changed: list[ChangedImage] = []
     try:
         for batch in image_batches(paths, image_size, interpolation, batch_size, digests, changed):
-            pixels = batch.numpy()
-            n = len(pixels)
-            if n < batch_size:
-                pixels = np.concatenate([pixels, np.zeros((batch_size - n, *pixels.shape[1:]), pixels.dtype)])
-            x = keras.applications.vgg16.preprocess_input(pixels.astype(np.float32, copy=False))
-            yield np.asarray(model.predict_on_batch(x), dtype=np.float32)[:n]
+            yield encode_batch(model, batch.numpy(), batch_size)
     except tf.errors.OpError:
         if changed:
             raise changed[0] from None  # the user's message, not TensorFlow's wrapper around it
@@ -166,13 +177,21 @@ def iter_features(model, paths: list[str], image_size: int, interpolation: str, 
 
 
 def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, cache, extract: ExtractConfig,
-                  desc: str = "extract") -> tuple[int, int]:
+                  desc: str = "extract", encode=None) -> tuple[int, int]:
     """Fill `out` row by row from `cache`, encoding only images (by content) it lacks.
 
     Returns (encoded, from cache). Duplicates are encoded once. `cache` may be None. The misses are encoded
     holding the cache's lock for these settings, after looking them up again: another process (a queued
     experiment in another workspace) may have encoded them while this one waited.
+
+    `encode(paths, digests)` yields the features of the misses in order, a batch at a time; by default `model`
+    in this process (`iter_features`); the Ray engine passes its own (bottleneck_clf/ray_engine.py).
     """
+    if encode is None:
+        def encode(todo_paths, todo_digests):
+            return iter_features(model, todo_paths, extract.image_size, extract.interpolation, extract.batch_size,
+                                 todo_digests)
+
     from tqdm import tqdm
 
     rows_of: dict[str, list[int]] = {}
@@ -206,8 +225,7 @@ def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, 
         with tqdm(total=len(todo), desc=f"{desc} ({from_cache} from cache)", unit="img", mininterval=2.0) as bar:
             start = 0
             todo_paths = [paths[rows_of[d][0]] for d in todo]
-            for values in iter_features(model, todo_paths, extract.image_size, extract.interpolation,
-                                        extract.batch_size, todo):
+            for values in encode(todo_paths, todo) if todo else ():
                 for digest, value in zip(todo[start : start + len(values)], values, strict=True):
                     out[rows_of[digest]] = value
                     if cache is not None:
@@ -220,10 +238,10 @@ def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, 
 
 
 def fill_memmap(target: Path, model, paths: list[str], digests: list[str], *, shape: tuple[int, ...], cache,
-                extract: ExtractConfig, desc: str) -> tuple[int, int]:
+                extract: ExtractConfig, desc: str, encode=None) -> tuple[int, int]:
     """`fill_features` streamed into a new `.npy` file at `target`: memory is bounded by the batch size."""
     out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=(len(paths), *shape))
-    counts = fill_features(model, paths, digests, out, cache, extract, desc=desc)
+    counts = fill_features(model, paths, digests, out, cache, extract, desc=desc, encode=encode)
     out.flush()
     del out
     return counts
@@ -232,25 +250,53 @@ def fill_memmap(target: Path, model, paths: list[str], digests: list[str], *, sh
 class Extractor:
     """The frozen conv base for one `extract` setting, with the feature cache of exactly that setting."""
 
-    def __init__(self, weights, extract: ExtractConfig, cache_root: Path):
+    def __init__(self, weights, extract: ExtractConfig, cache_root: Path, engine=None):
+        """`engine`: None runs the model in this process; else one whose `encoder(weights, extract, pooling,
+        output)` gives `fill_features` its `encode` (the Ray engine). Either way only cache misses are sent."""
         self.extract = extract
         self.fingerprint = fingerprint(vgg_weights.weights_digest(weights), extract)
         self.cache = FeatureCache(cache_root, self.fingerprint)
-        self.model = build_extractor(weights, extract.image_size, extract.pooling, extract.precision)
+        if engine is None:
+            self.model, self.encode = build_extractor(weights, extract.image_size, extract.pooling,
+                                                      extract.precision), None
+        else:
+            self.model, self.encode = None, engine.encoder(weights, extract, extract.pooling, None)
         self.shape = feature_shape(extract.image_size, extract.pooling)
 
-    def write_split(self, directory: Path, split: str, entries: list, raw: Path, classes: list[str]):
-        """Features, labels and ids of the manifest `entries` of one split, as `.npy` files in `directory`.
+    def write_splits(self, directory: Path, splits: dict[str, list], raw: Path, classes: list[str]):
+        """Features, labels and ids of each split's manifest entries, as `.npy` files in `directory`.
 
+        The cache misses of all splits are encoded in one pass (one actor pool on Ray, not one per split).
         Returns (encoded, from cache), as `fill_features`.
         """
-        files = split_files(directory, split)
-        counts = fill_memmap(files["features"], self.model, [str(raw / e.path) for e in entries],
-                             [e.sha256 for e in entries], shape=self.shape, cache=self.cache, extract=self.extract,
-                             desc=f"extract {split}")
-        np.save(files["labels"], np.array([classes.index(e.label) for e in entries], np.int32))
-        np.save(files["ids"], np.array([e.path for e in entries], dtype=np.str_))
+        files = {split: split_files(directory, split) for split in splits}
+        parts = [np.lib.format.open_memmap(files[split]["features"], mode="w+", dtype=np.float32,
+                                           shape=(len(entries), *self.shape)) for split, entries in splits.items()]
+        every = [e for entries in splits.values() for e in entries]
+        counts = fill_features(self.model, [str(raw / e.path) for e in every], [e.sha256 for e in every],
+                               RowsOf(parts), self.cache, self.extract, desc="extract", encode=self.encode)
+        for part in parts:
+            part.flush()
+        del parts
+        for split, entries in splits.items():
+            np.save(files[split]["labels"], np.array([classes.index(e.label) for e in entries], np.int32))
+            np.save(files[split]["ids"], np.array([e.path for e in entries], dtype=np.str_))
         return counts
+
+
+class RowsOf:
+    """Several arrays of rows seen as one, for `fill_features` to write into (`out[rows] = value`)."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(part) for part in parts])
+        self.shape = (int(self.starts[-1]), *parts[0].shape[1:])
+        self.dtype = parts[0].dtype
+
+    def __setitem__(self, rows: list[int], value: np.ndarray) -> None:
+        for row in rows:
+            part = int(np.searchsorted(self.starts, row, side="right")) - 1
+            self.parts[part][row - self.starts[part]] = value
 
 
 def split_files(directory: Path, split: str) -> dict[str, Path]:

@@ -116,7 +116,7 @@ def read_recipe(finetuned: Path) -> dict:
 class FrozenMaps:
     """Outputs of the frozen blocks for lists of images, each image encoded once per recipe (feature cache)."""
 
-    def __init__(self, weights, extract: ExtractConfig, blocks: int, cache_root: Path):
+    def __init__(self, weights, extract: ExtractConfig, blocks: int, cache_root: Path, engine=None):
         from bottleneck_clf.feature_cache import FeatureCache
         from bottleneck_clf.features import build_extractor, fingerprint, source_digest
         from bottleneck_clf.vgg_weights import weights_digest
@@ -129,8 +129,12 @@ class FrozenMaps:
         # The maps stop before any pooling, whatever extract.pooling is: "none" in the key.
         self.cache = FeatureCache(cache_root, {**settings, "pooling": "none", "output": split_layer(blocks),
                                                "frozen_maps_code": code})
-        self.model = build_extractor(weights, extract.image_size, "flatten", extract.precision,
-                                     output=split_layer(blocks))
+        # `engine` as Extractor's: None runs the frozen blocks here, the Ray engine on its cluster.
+        if engine is None:
+            self.model, self.encode = build_extractor(weights, extract.image_size, "flatten", extract.precision,
+                                                      output=split_layer(blocks)), None
+        else:
+            self.model, self.encode = None, engine.encoder(weights, extract, "flatten", split_layer(blocks))
         self.shape = map_shape(extract.image_size, blocks)
 
     def compute(self, paths: list[str], digests: list[str], target: Path, desc: str):
@@ -138,7 +142,7 @@ class FrozenMaps:
         from bottleneck_clf.features import fill_memmap
 
         encoded, hit = fill_memmap(target, self.model, paths, digests, shape=self.shape, cache=self.cache,
-                                   extract=self.extract, desc=desc)
+                                   extract=self.extract, desc=desc, encode=self.encode)
         return np.load(target, mmap_mode="r"), encoded, hit
 
 

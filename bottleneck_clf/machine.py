@@ -100,8 +100,12 @@ def differences(recorded: dict, current: dict) -> list[str]:
     return found
 
 
-def record(folder: str | Path, stage: str) -> Path:
-    """Write this machine's signature as `<folder>/<stage>.json`, beside the stage's other outputs."""
+def record(folder: str | Path, stage: str, made_on: dict | None = None) -> Path:
+    """Write this machine's signature as `<folder>/<stage>.json`, beside the stage's other outputs.
+
+    `made_on`: the signature of the machines that really computed the floats, when not this one (the nodes of a
+    Ray cluster: bottleneck_clf/engine.py).
+    """
     target = Path(folder) / f"{stage}.json"
-    write_json(target, {"stage": stage, **signature()})
+    write_json(target, {"stage": stage, **(made_on or signature())})
     return target

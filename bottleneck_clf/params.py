@@ -21,6 +21,7 @@ SCHEDULES = ("constant", "cosine", "plateau")
 SMALL_CLASS_ACTIONS = ("few_shot", "fail")
 BAD_IMAGE_ACTIONS = ("skip", "fail")
 PRECISIONS = ("float32", "bfloat16")
+ENGINES = ("auto", "local", "ray")
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "export": {
         "formats": ChoiceList(EXPORT_FORMATS, required=("keras",)),
         "calibration_images": Int(1, 100000),
+    },
+    "ray": {
+        "engine": Choice(ENGINES),
+        "actors": Int(0, 100000),
+        "gpus_per_actor": Float(0.0, 64.0, low_open=True),
     },
 }
 

@@ -8,6 +8,7 @@ import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import atomic_dir, write_json
 from bottleneck_clf.config import load_config
 from bottleneck_clf.dataset import MANIFEST, SPLITS, class_names, read_manifest
+from bottleneck_clf.engine import device, open_engine
 from bottleneck_clf.feature_cache import feature_cache_dir
 from bottleneck_clf.features import META_FILE, Extractor
 from bottleneck_clf.machine import record as record_machine
@@ -21,26 +22,26 @@ def main() -> None:
     record_machine(paths["machine"], "extract_features")  # the CPU that made these floats (check-repro)
     entries = read_manifest(paths["prepared"] / MANIFEST)
     classes = class_names(entries)
-    extractor = Extractor(read_weights(paths["weights"]), config.extract, feature_cache_dir())
     started = time.perf_counter()
-    counts, encoded, cached = {}, 0, 0
-    with atomic_dir(paths["features"]) as tmp:
-        for split in SPLITS:
-            rows = [e for e in entries if e.split == split]
-            if not rows:
-                continue
-            done, hit = extractor.write_split(tmp, split, rows, paths["raw"], classes)
-            counts[split] = len(rows)
-            encoded, cached = encoded + done, cached + hit
-        write_json(tmp / META_FILE, {"classes": classes, "counts": counts, "feature_shape": list(extractor.shape),
-                                     "fingerprint": extractor.fingerprint})
+    with open_engine(config.ray) as engine:
+        extractor = Extractor(read_weights(paths["weights"]), config.extract, feature_cache_dir(), engine)
+        with atomic_dir(paths["features"]) as tmp:
+            splits = {split: [e for e in entries if e.split == split] for split in SPLITS}
+            splits = {split: rows for split, rows in splits.items() if rows}
+            encoded, cached = extractor.write_splits(tmp, splits, paths["raw"], classes)
+            counts = {split: len(rows) for split, rows in splits.items()}
+            write_json(tmp / META_FILE, {"classes": classes, "counts": counts,
+                                         "feature_shape": list(extractor.shape), "fingerprint": extractor.fingerprint})
+        where = device(engine)
+        if engine is not None and engine.made_on():
+            record_machine(paths["machine"], "extract_features", engine.made_on())  # the nodes, not this one
     seconds = time.perf_counter() - started
     total = sum(counts.values())
     rate = f", {encoded / seconds:.1f} img/s" if encoded else ""
     copies = f", {total - encoded - cached} copies of another image" if total > encoded + cached else ""
     print(f"extract_features: {total} images: {encoded} encoded, {cached} from the cache{copies} "
           f"in {seconds:.1f} s{rate}; features {extractor.shape} per image -> {paths['features']} "
-          f"(cache {extractor.cache.directory})")
+          f"(cache {extractor.cache.directory})\nextract_features: {where}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from bottleneck_clf.atomic import atomic_dir, write_json
 from bottleneck_clf.config import load_config
 from bottleneck_clf.dataset import MANIFEST, class_names, read_manifest
 from bottleneck_clf.machine import record as record_machine
+from bottleneck_clf.machine import signature as machine_signature
 from bottleneck_clf.paths import project_paths
 
 
@@ -35,6 +36,7 @@ def main() -> None:
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
+    from bottleneck_clf.engine import device, local_device, open_engine
     from bottleneck_clf.feature_cache import feature_cache_dir
     from bottleneck_clf.finetune import RECIPE_FILE, TOP_FILE, FrozenMaps, build_top, finetune, recipe, split_maps
     from bottleneck_clf.head import kept_message, kept_summary, seed_everything, stop_images, stopping_sets
@@ -55,10 +57,17 @@ def main() -> None:
     entries = read_manifest(paths["prepared"] / MANIFEST)
     classes = class_names(entries)
     weights = read_weights(paths["weights"])
-    frozen = FrozenMaps(weights, config.extract, settings.blocks, feature_cache_dir())
     with tempfile.TemporaryDirectory(prefix="finetune-maps-") as scratch:
-        data = {split: split_maps(frozen, entries, split, paths["raw"], classes, Path(scratch))
-                for split in ("train", "validation")}
+        with open_engine(config.ray) as engine:
+            frozen = FrozenMaps(weights, config.extract, settings.blocks, feature_cache_dir(), engine)
+            data = {split: split_maps(frozen, entries, split, paths["raw"], classes, Path(scratch))
+                    for split in ("train", "validation")}
+            print(f"finetune: frozen blocks: {device(engine)}; training: {local_device()}")
+            if engine is not None and engine.made_on() and engine.made_on() != machine_signature():
+                # Maps from other machines and training here: no single machine made these floats.
+                record_machine(paths["machine"], "finetune",
+                               {**machine_signature(), "cpu": {"nodes": [engine.made_on()["cpu"],
+                                                                        machine_signature()["cpu"]]}})
         del frozen
         prepared = time.perf_counter() - started
         # The same images to stop on as train_head's (same labels, fraction and seed).

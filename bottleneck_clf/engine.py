@@ -1,0 +1,298 @@
+"""Where VGG16 runs: in this process (`local`) or on a Ray cluster (`ray`), for the features and the frozen maps.
+
+The Ray engine is Ray Data's batch-inference shape: the image files are read by Ray tasks pinned to the
+driver's node (the one machine that must have `data/raw`) and their bytes travel through Ray's object store,
+so the other nodes need no shared storage; decoding and resizing are Ray tasks on any node; VGG16 runs in a
+pool of actors (a callable class that builds the model once per actor), and the features stream back to the
+driver in order, a few batches at a time, into the feature cache and the memory-mapped `.npy`. Only the
+images the cache lacks are sent (features.fill_features decides), and the features equal the local engine's
+bit for bit on one machine: the same decode, resize, padding to a full batch and preprocessing
+(features.resized_pixels and features.encode_batch).
+
+Which engine: `ray.engine` in params.yaml; `auto` (the default) is Ray exactly when `RAY_ADDRESS` names a
+cluster and Ray is installed. The features do not depend on the engine, so the choice belongs to the machine
+that runs the stage, not to the experiment: with `auto`, pointing a run at a cluster changes no param and
+makes DVC rerun nothing (README, "Extraction on a Ray cluster").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from bottleneck_clf.config import ExtractConfig, RayConfig
+from bottleneck_clf.errors import UserError
+
+ADDRESS_ENV = "RAY_ADDRESS"
+INSTALL = "pip install -e '.[ray]'"
+CONNECT_TIMEOUT = 5.0  # seconds to wait for a cluster's address to answer before giving up
+
+
+def ray_installed() -> bool:
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose(settings: RayConfig, environ=os.environ) -> str:
+    """"local" or "ray", from `ray.engine` and the environment; a UserError when Ray is chosen but absent."""
+    address = environ.get(ADDRESS_ENV)
+    if settings.engine == "local":
+        return "local"
+    if settings.engine == "auto":
+        if not address:
+            return "local"
+        if not ray_installed():
+            print(f"note: {ADDRESS_ENV}={address} is set but Ray is not installed; VGG16 runs in this process "
+                  f"({INSTALL} to use the cluster)", file=sys.stderr)
+            return "local"
+        return "ray"
+    if not ray_installed():
+        raise UserError(f"params.yaml: ray.engine is ray but Ray is not installed; run {INSTALL} "
+                        "(or set ray.engine to local)")
+    return "ray"
+
+
+@contextlib.contextmanager
+def open_engine(settings: RayConfig, environ=os.environ) -> Iterator[RayEngine | None]:
+    """The engine for one stage: None for local, else a RayEngine that connects on its first cache miss and
+    disconnects when the block ends."""
+    if choose(settings, environ) == "local":
+        yield None
+        return
+    engine = RayEngine(settings, environ.get(ADDRESS_ENV) or None)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def local_device() -> str:
+    """Where TensorFlow runs in this process: its GPUs, or the CPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        names = []
+        for gpu in gpus:
+            details = tf.config.experimental.get_device_details(gpu)
+            names.append(f"{gpu.name.split(':', 1)[-1]} {details.get('device_name', '')}".strip())
+        return f"device: {len(gpus)} GPU(s): {', '.join(names)}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"device: CPU, {cores} cores (no GPU visible to TensorFlow)"
+
+
+def device(engine: RayEngine | None) -> str:
+    return local_device() if engine is None else engine.describe()
+
+
+def check_reachable(address: str) -> None:
+    """Fail in seconds, naming the address, when nothing listens there (ray.init would retry for minutes)."""
+    if address.startswith("ray://"):
+        raise UserError(f"{ADDRESS_ENV}={address}: Ray Client addresses are not supported: the images are read "
+                        "on the driver's node, so run the stage on a node of the cluster with "
+                        f"{ADDRESS_ENV}=<head>:6379 (or auto)")
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"{ADDRESS_ENV}={address}: expected host:port (the head's GCS address, port 6379 by "
+                        "default) or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise UserError(f"{ADDRESS_ENV}={address}: no Ray cluster answers there ({exc}); start one with "
+                        f"`ray start --head`, fix the address, or unset {ADDRESS_ENV} to run locally") from None
+
+
+class RayEngine:
+    """A connection to a Ray cluster (or a Ray started on this machine when no address is given)."""
+
+    def __init__(self, settings: RayConfig, address: str | None):
+        self.settings = settings
+        self.address = address
+        self.connected = False
+        self._started_ray = False
+        self._weights: dict[int, object] = {}
+        self.actors = 0
+        self.gpus_per_actor = 0.0
+        self.machines: set[str] = set()  # signatures (machine.py) of the processes that ran VGG16
+
+    def connect(self) -> None:
+        if self.connected:
+            return
+        import ray
+        import ray.data
+
+        import bottleneck_clf
+
+        if self.address:
+            check_reachable(self.address)
+        if not ray.is_initialized():
+            # The nodes import this very code (its digest is in the cache key), not whatever they have installed.
+            runtime_env = {"py_modules": [str(Path(bottleneck_clf.__file__).parent)]}
+            try:
+                ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=False,
+                         logging_level=logging.WARNING, configure_logging=True,
+                         **({} if self.address else {"include_dashboard": False}))
+            except (ConnectionError, RuntimeError, TimeoutError) as exc:
+                raise UserError(f"{ADDRESS_ENV}={self.address}: cannot connect to the Ray cluster ({exc})") from None
+            self._started_ray = True
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # features come back in the order the images went out
+        context.enable_progress_bars = False  # fill_features shows one
+        self.node_id = ray.get_runtime_context().get_node_id()
+        resources = ray.cluster_resources()
+        self.nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        self.cpus, self.gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+        self.gpus_per_actor = self.settings.gpus_per_actor if self.gpus else 0.0
+        if self.settings.actors:
+            self.actors = self.settings.actors
+        elif self.gpus_per_actor:
+            self.actors = max(1, int(self.gpus // self.gpus_per_actor))
+        else:
+            self.actors = self.nodes
+        self.connected = True
+
+    def describe(self) -> str:
+        where = self.address or "a Ray started on this machine"
+        if not self.connected:
+            return f"device: Ray at {where} (not contacted: every image came from the feature cache)"
+        per_actor = f"{self.gpus_per_actor:g} GPU" if self.gpus_per_actor else "1 CPU"
+        return (f"device: Ray at {where}: {self.nodes} node(s), {self.cpus:g} CPUs, {self.gpus:g} GPUs; "
+                f"{self.actors} VGG16 actor(s) with {per_actor} each")
+
+    def made_on(self) -> dict | None:
+        """The machine signature of the actors that computed features (for `machine.record`): None when none
+        did; when nodes differ, one whose `cpu` lists them all, so that `check-repro` never compares strictly."""
+        if not self.machines:
+            return None
+        signatures = [json.loads(text) for text in sorted(self.machines)]
+        if len(signatures) == 1:
+            return signatures[0]
+        return {**signatures[0], "cpu": {"nodes": [sig["cpu"] for sig in signatures]}}
+
+    def close(self) -> None:
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+        self._started_ray = self.connected = False
+        self._weights.clear()
+
+    def encoder(self, weights, extract: ExtractConfig, pooling: str, output: str | None):
+        """`encode(paths, digests)` for features.fill_features: the model of build_extractor(weights, ...,
+        pooling, output) over the files on the cluster, a batch of features at a time, in order."""
+
+        def encode(paths: list[str], digests: list[str]):
+            return self.run(weights, extract, pooling, output, paths, digests)
+
+        return encode
+
+    def run(self, weights, extract: ExtractConfig, pooling: str, output: str | None, paths: list[str],
+            digests: list[str]):
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from bottleneck_clf.features import ChangedImage, read_checked
+
+        self.connect()
+        if id(weights) not in self._weights:  # once per stage, fetched by each actor (kept: ids are reused)
+            self._weights[id(weights)] = (weights, ray.put(weights))
+        size = extract.batch_size
+        # Absolute: the reading tasks do not run in the driver's working directory.
+        rows = ray.data.from_items([{"row": row, "path": os.path.abspath(path), "sha256": digest}
+                                    for row, (path, digest) in enumerate(zip(paths, digests, strict=True))],
+                                   override_num_blocks=max(1, -(-len(paths) // size)))  # a block per batch
+        here = NodeAffinitySchedulingStrategy(self.node_id, soft=False)
+        # Reading is I/O on the driver's node (a quarter CPU); decoding is light next to VGG16 (half a CPU, so
+        # two share a core) and, having other resources than the actors, is not fused into them by Ray Data:
+        # it runs as tasks on any node, beside the model. An explicit strategy, or they would inherit `here`.
+        dataset = (
+            rows.map_batches(read_files, batch_size=size, num_cpus=0.25, scheduling_strategy=here)
+            .map_batches(decode_files, batch_size=size, num_cpus=0.5, scheduling_strategy="SPREAD",
+                         fn_kwargs={"image_size": extract.image_size, "interpolation": extract.interpolation})
+            .map_batches(VggActor, batch_size=size, compute=ray.data.ActorPoolStrategy(size=self.actors),
+                         num_cpus=1, num_gpus=self.gpus_per_actor, scheduling_strategy="SPREAD",
+                         fn_constructor_kwargs={"weights": [self._weights[id(weights)][1]],
+                                                "image_size": extract.image_size, "pooling": pooling,
+                                                "precision": extract.precision, "output": output,
+                                                "batch_size": size})
+        )
+        expected = 0
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+            got = np.asarray(batch["row"])
+            changed = np.flatnonzero(~np.asarray(batch["ok"], bool))
+            if changed.size:
+                row = int(got[changed[0]])
+                read_checked(paths[row], digests[row])  # raises the user's message
+                raise ChangedImage(f"{paths[row]}: changed while it was being read; run `dvc repro`")
+            if not np.array_equal(got, np.arange(expected, expected + len(got))):
+                raise RuntimeError(f"Ray returned rows {got[:3]}... where row {expected} was due")
+            expected += len(got)
+            self.machines.update(str(text) for text in set(np.asarray(batch["machine"]).tolist()))
+            yield np.asarray(batch["features"], np.float32)
+
+
+def read_files(batch: dict) -> dict:
+    """A Ray task on the driver's node: each file's bytes, checked against the manifest's sha256."""
+    import hashlib
+
+    data, ok = [], []
+    for path, digest in zip(batch["path"], batch["sha256"], strict=True):
+        content = Path(str(path)).read_bytes()
+        ok.append(hashlib.sha256(content).hexdigest() == str(digest))
+        data.append(content)
+    return {"row": batch["row"], "ok": np.array(ok, bool), "data": np.array(data, dtype=object)}
+
+
+def decode_files(batch: dict, image_size: int, interpolation: str) -> dict:
+    """A Ray task on any node: bytes to resized float32 pixels, as the local engine decodes them."""
+    import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
+    from bottleneck_clf.features import resized_pixels
+
+    pixels = np.zeros((len(batch["row"]), image_size, image_size, 3), np.float32)
+    for i, (data, ok) in enumerate(zip(batch["data"], batch["ok"], strict=True)):
+        if ok:  # a changed file is reported by the driver, not decoded
+            pixels[i] = resized_pixels(bytes(data), image_size, interpolation)
+    return {"row": batch["row"], "ok": batch["ok"], "pixels": pixels}
+
+
+class VggActor:
+    """A Ray actor: builds the frozen conv base once, then encodes batches of pixels as the local engine does."""
+
+    def __init__(self, weights: list, image_size: int, pooling: str, precision: str, output: str | None,
+                 batch_size: int):
+        import ray
+
+        import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
+        from bottleneck_clf.features import build_extractor
+        from bottleneck_clf.machine import signature
+
+        (values,) = ray.get(weights) if isinstance(weights[0], ray.ObjectRef) else (weights[0],)
+        self.model = build_extractor(values, image_size, pooling, precision, output=output)
+        self.batch_size = batch_size
+        self.machine = json.dumps(signature(), sort_keys=True)  # where these floats are made (check-repro)
+
+    def __call__(self, batch: dict) -> dict:
+        from bottleneck_clf.features import encode_batch
+
+        pixels = np.array(batch["pixels"], np.float32)  # a copy: Ray's arrays are read-only, preprocessing is not
+        # Ray may hand over more or fewer rows than a batch: encode them a full (padded) batch at a time.
+        parts = [encode_batch(self.model, pixels[start:start + self.batch_size], self.batch_size)
+                 for start in range(0, len(pixels), self.batch_size)]
+        return {"row": batch["row"], "ok": batch["ok"], "features": np.concatenate(parts),
+                "machine": np.array([self.machine] * len(pixels))}

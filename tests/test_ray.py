@@ -1,0 +1,203 @@
+"""The Ray engine on a real two-node Ray cluster on this machine: bitwise the local engine's features, only
+cache misses sent, a killed actor retried, an unreachable address and a missing Ray reported as messages."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from conftest import make_class_folders, update_params
+
+from bottleneck_clf.config import ExtractConfig, RayConfig
+from bottleneck_clf.engine import RayEngine, choose
+from bottleneck_clf.errors import UserError
+from bottleneck_clf.features import ChangedImage, load_split
+from bottleneck_clf.finetune import FrozenMaps
+from bottleneck_clf.machine import signature
+from bottleneck_clf.vgg_weights import read_weights
+from stages import extract_features, prepare, weights
+
+ray = pytest.importorskip("ray", reason="the [ray] extra is not installed: pip install -e '.[ray]'")
+pytestmark = pytest.mark.slow
+SPLITS = ("train", "validation", "test")
+ACTOR = "VggActor"  # Ray names the actor processes after the callable class: ray::MapWorker(MapBatches(VggActor))
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head and a second node, each a real raylet with its own workers, on loopback."""
+    from ray.cluster_utils import Cluster
+
+    node = {"num_cpus": 2, "object_store_memory": 80 * 2**20}
+    cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    yield cluster
+    cluster.shutdown()
+
+
+@pytest.fixture
+def on_cluster(cluster, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    return cluster
+
+
+def run_extract(capsys) -> str:
+    extract_features.main()
+    return capsys.readouterr().out
+
+
+def encoded(out: str) -> int:
+    return int(out.split(" encoded,")[0].rsplit(" ", 1)[1])
+
+
+def features(project: Path) -> dict[str, np.ndarray]:
+    return {split: np.array(load_split(project / "data/features", split)[0]) for split in SPLITS}
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    for split in SPLITS:
+        assert a[split].dtype == b[split].dtype and a[split].shape == b[split].shape, split
+        assert a[split].tobytes() == b[split].tobytes(), f"{split}: max diff {np.abs(a[split] - b[split]).max()}"
+
+
+def test_ray_features_equal_local_and_only_misses_go_to_the_cluster(project, on_cluster, feature_cache, capsys):
+    make_class_folders(project / "data/raw", per_class=12)  # 24 images, batch 8: 2 train batches, a padded one
+    weights.main()
+    prepare.main()
+    update_params(project, {"ray": {"engine": "local"}})
+    out = run_extract(capsys)
+    assert encoded(out) == 24 and "device: CPU" in out
+    local = features(project)
+
+    shutil.rmtree(feature_cache)  # cold again: every image goes to the cluster
+    update_params(project, {"ray": {"engine": "auto"}})  # RAY_ADDRESS is set
+    out = run_extract(capsys)
+    assert encoded(out) == 24, out
+    assert f"device: Ray at {on_cluster.address}: 2 node(s)" in out and "2 VGG16 actor(s)" in out, out
+    assert_bitwise_equal(features(project), local)
+    # The record names the machine the actors ran on (here this one, so check-repro may compare strictly).
+    made_on = json.loads((project / "metrics/machine/extract_features.json").read_text())
+    assert made_on == {"stage": "extract_features", **signature()}
+
+    update_params(project, {"ray": {"engine": "local"}})  # switching back re-encodes nothing
+    out = run_extract(capsys)
+    assert encoded(out) == 0 and "24 from the cache" in out
+    assert_bitwise_equal(features(project), local)
+
+    make_class_folders(project / "data/raw", per_class=14)  # 2 new images per class: 4 new files
+    prepare.main()
+    update_params(project, {"ray": {"engine": "ray"}})
+    out = run_extract(capsys)
+    assert encoded(out) == 4 and "24 from the cache" in out, out
+    with_new = features(project)
+    shutil.rmtree(feature_cache)
+    update_params(project, {"ray": {"engine": "local"}})
+    run_extract(capsys)
+    assert_bitwise_equal(with_new, features(project))
+
+
+def test_a_killed_actor_is_retried_and_the_features_are_the_same(project, on_cluster, feature_cache, capsys):
+    make_class_folders(project / "data/raw", per_class=30)
+    update_params(project, {"extract": {"batch_size": 2}})  # many small batches: the kill lands mid-run
+    weights.main()
+    prepare.main()
+    update_params(project, {"ray": {"engine": "local"}})
+    run_extract(capsys)
+    local = features(project)
+    shutil.rmtree(feature_cache)
+
+    killed, restarted, done = [], set(), threading.Event()
+
+    def actor_pids() -> set[int]:
+        return {p.pid for p in psutil.process_iter(["cmdline"]) if ACTOR in " ".join(p.info["cmdline"] or [])}
+
+    def killer():  # as soon as the VGG16 actors are up, kill them all; then watch Ray replace them
+        while not done.wait(0.02):
+            pids = actor_pids()
+            if not killed and pids:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                killed.extend(pids)
+            restarted.update(pids - set(killed))
+
+    watcher = threading.Thread(target=killer, daemon=True)
+    watcher.start()
+    update_params(project, {"ray": {"engine": "ray"}})
+    try:
+        out = run_extract(capsys)
+    finally:
+        done.set()
+        watcher.join()
+    assert killed and encoded(out) == 60, out
+    assert restarted, "no actor replaced the killed ones"
+    assert_bitwise_equal(features(project), local)
+
+
+def test_frozen_maps_on_ray_equal_local(tmp_path, tiny_weights, on_cluster):
+    """finetune's frozen-block maps are the same job stopped at block4_pool: the same engine serves them."""
+    raw = make_class_folders(tmp_path / "raw", per_class=5)
+    paths = [str(p) for p in sorted(raw.rglob("*.png"))]
+    digests = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+    extract = ExtractConfig(image_size=32, interpolation="bilinear", pooling="avg", batch_size=4,
+                            precision="float32")
+    values = read_weights(tiny_weights)
+    local = FrozenMaps(values, extract, 1, tmp_path / "local-cache")
+    maps_local, n_local, _ = local.compute(paths, digests, tmp_path / "local.npy", "local")
+    engine = RayEngine(RayConfig(engine="ray", actors=2, gpus_per_actor=1), on_cluster.address)
+    try:
+        remote = FrozenMaps(values, extract, 1, tmp_path / "ray-cache", engine)
+        maps_ray, n_ray, _ = remote.compute(paths, digests, tmp_path / "ray.npy", "ray")
+        assert n_local == n_ray == len(paths) and maps_ray.shape == (len(paths), 2, 2, 512)
+        assert np.asarray(maps_ray).tobytes() == np.asarray(maps_local).tobytes()
+
+        # A file that changed after its digest was taken is caught where the cluster reads it, and named.
+        Path(paths[3]).write_bytes(Path(paths[0]).read_bytes())
+        fresh = FrozenMaps(values, extract, 1, tmp_path / "another-cache", engine)
+        with pytest.raises(ChangedImage, match=rf"{paths[3]}: changed since `prepare` hashed it"):
+            fresh.compute(paths, digests, tmp_path / "changed.npy", "ray")
+    finally:
+        engine.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_cluster_fails_fast_naming_the_address(project, monkeypatch, capsys):
+    make_class_folders(project / "data/raw", per_class=5)
+    weights.main()
+    prepare.main()
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    started = time.monotonic()
+    with pytest.raises(UserError, match=f"RAY_ADDRESS={address}: no Ray cluster answers there"):
+        extract_features.main()
+    assert time.monotonic() - started < 30
+    assert not (project / "data/features").exists()  # nothing half-written
+
+
+def test_without_ray_nothing_changes_unless_it_is_chosen(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the [ray] extra were not installed
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+    auto = RayConfig(engine="auto", actors=0, gpus_per_actor=1)
+    assert choose(auto, {}) == "local"
+    assert choose(auto, {"RAY_ADDRESS": "10.0.0.1:6379"}) == "local"
+    assert "Ray is not installed" in capsys.readouterr().err
+    with pytest.raises(UserError, match=r"pip install -e '\.\[ray\]'"):
+        choose(RayConfig(engine="ray", actors=0, gpus_per_actor=1), {})
