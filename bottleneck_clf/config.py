@@ -38,6 +38,8 @@ class PrepareConfig(Section):
     validation_fraction: float
     test_fraction: float
     on_bad_image: str
+    near_duplicates: str
+    phash_distance: int
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,14 @@ class EvaluateConfig(Section):
 
 
 @dataclass(frozen=True)
+class AuditConfig(Section):
+    folds: int
+    epochs: int
+    similarity: float
+    gallery_size: int
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole params file, one attribute per section (the attribute name is the section's)."""
 
@@ -93,6 +103,7 @@ class Config:
     head: HeadConfig
     finetune: FinetuneConfig
     evaluate: EvaluateConfig
+    audit: AuditConfig
 
     @classmethod
     def from_params(cls, params: dict[str, dict[str, Any]]) -> Config:
@@ -108,6 +119,7 @@ SECTIONS: dict[str, type[Section]] = {
     "head": HeadConfig,
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
+    "audit": AuditConfig,
 }
 
 

@@ -15,7 +15,7 @@ from bottleneck_clf.images import BadImage, decode_rgb, list_files
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.csv"  # inside the prepare stage's output folder
-MANIFEST_FIELDS = ("path", "sha256", "label", "split")
+MANIFEST_FIELDS = ("path", "sha256", "label", "split", "phash")  # phash: near_duplicates.phash of the pixels
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class Entry:
     sha256: str
     label: str
     split: str
+    phash: str = ""  # 64-bit perceptual hash of the decoded pixels, 16 hex digits
 
 
 @dataclass(frozen=True)
@@ -75,33 +76,44 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_images(root: Path, candidates: list[Candidate]) -> tuple[list[tuple[Candidate, str]], list[tuple[str, str]]]:
-    """Decode every candidate. Returns (good candidates with sha256, [(path, reason)] for bad ones)."""
+def check_images(root: Path, candidates: list[Candidate], hash_image=None
+                 ) -> tuple[list[tuple[Candidate, str]], list[tuple[str, str]], dict[str, str]]:
+    """Decode every candidate. Returns (good candidates with sha256, [(path, reason)] for bad ones,
+    {sha256: hash_image(decoded pixels)}, empty without `hash_image`)."""
     from tqdm import tqdm
 
-    good, bad = [], []
+    good, bad, hashes = [], [], {}
     for candidate in tqdm(candidates, desc="prepare: checking images", unit="img", mininterval=1.0):
         path = root / candidate.path
         data = path.read_bytes()
         try:
             # Decoding the bytes we hashed means the hash always names the pixels we checked.
-            decode_rgb(data)
+            image = decode_rgb(data)
         except BadImage as exc:
             bad.append((candidate.path, str(exc)))
             continue
-        good.append((candidate, sha256_bytes(data)))
-    return good, bad
+        digest = sha256_bytes(data)
+        if hash_image is not None and digest not in hashes:
+            hashes[digest] = hash_image(image)
+        good.append((candidate, digest))
+    return good, bad, hashes
 
 
 def assign_splits(
-    items: list[tuple[Candidate, str]], validation_fraction: float, test_fraction: float, seed: int
+    items: list[tuple[Candidate, str]], validation_fraction: float, test_fraction: float, seed: int,
+    group_of: dict[str, str] | None = None,
 ) -> list[Entry]:
-    """Stratified, seeded split; identical files (same sha256) always land in the same split."""
+    """Stratified, seeded split; identical files (same sha256) always land in the same split.
+
+    `group_of` maps a sha256 to a group key (near-duplicates, prepare.near_duplicates: one_split): the files of
+    a group land in one split too. Without it each sha256 is its own group.
+    """
     from sklearn.model_selection import train_test_split
 
+    group_of = group_of or {}
     groups: dict[str, str] = {}
     for candidate, digest in items:
-        groups.setdefault(digest, candidate.label)
+        groups.setdefault(group_of.get(digest, digest), candidate.label)
     keys = sorted(groups)
     labels = [groups[k] for k in keys]
     check_split_sizes(Counter(labels), validation_fraction, test_fraction)
@@ -123,7 +135,7 @@ def assign_splits(
         if missing:
             raise UserError(f"class '{label}': the seeded split left no image in {', '.join(missing)}; "
                              "add images to the class or change the fractions")
-    return [Entry(c.path, digest, c.label, split_of[digest]) for c, digest in items]
+    return [Entry(c.path, digest, c.label, split_of[group_of.get(digest, digest)]) for c, digest in items]
 
 
 def check_split_sizes(counts: Counter, validation_fraction: float, test_fraction: float,
@@ -180,7 +192,7 @@ def write_manifest(entries: list[Entry], target: Path) -> None:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(MANIFEST_FIELDS)
         for e in sorted(entries, key=lambda e: (SPLITS.index(e.split), e.path)):
-            writer.writerow((e.path, e.sha256, e.label, e.split))
+            writer.writerow((e.path, e.sha256, e.label, e.split, e.phash))
 
 
 def read_manifest(path: str | Path) -> list[Entry]:
@@ -189,7 +201,7 @@ def read_manifest(path: str | Path) -> list[Entry]:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
             raise UserError(f"{path}: not a manifest (columns {reader.fieldnames}); rerun the prepare stage")
-        return [Entry(row["path"], row["sha256"], row["label"], row["split"]) for row in reader]
+        return [Entry(row["path"], row["sha256"], row["label"], row["split"], row["phash"]) for row in reader]
 
 
 def class_names(entries: list[Entry]) -> list[str]:

@@ -19,6 +19,7 @@ LAYOUTS = ("auto", "by_class", "pre_split")
 EVAL_SPLITS = ("auto", "test", "validation")
 BAD_IMAGE_ACTIONS = ("skip", "fail")
 PRECISIONS = ("float32", "bfloat16")
+NEAR_DUPLICATE_ACTIONS = ("keep", "one_split")
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "validation_fraction": Float(0.0, 1.0, low_open=True, high_open=True),
         "test_fraction": Float(0.0, 1.0, high_open=True),
         "on_bad_image": Choice(BAD_IMAGE_ACTIONS),
+        "near_duplicates": Choice(NEAR_DUPLICATE_ACTIONS),
+        "phash_distance": Int(0, 32),
     },
     "extract": {
         "image_size": Int(32, 1024),
@@ -126,6 +129,12 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "evaluate": {
         "split": Choice(EVAL_SPLITS),
         "threshold": Float(0.0, 1.0, low_open=True, high_open=True),
+        "gallery_size": Int(0, 1000),
+    },
+    "audit": {
+        "folds": Int(2, 50),
+        "epochs": Int(1, 10000),
+        "similarity": Float(0.0, 1.0, low_open=True, high_open=True),
         "gallery_size": Int(0, 1000),
     },
 }

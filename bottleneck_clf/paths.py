@@ -12,7 +12,7 @@ from bottleneck_clf.errors import UserError
 
 DVC_FILE = "dvc.yaml"
 NAMES = ("raw", "weights", "user_weights", "prepared", "features", "model", "train_metrics", "finetuned",
-         "finetune_metrics", "eval_metrics", "classifier", "machine")
+         "finetune_metrics", "eval_metrics", "classifier", "machine", "exclude", "audit_metrics")
 
 
 def project_paths(dvc_file: str | Path = DVC_FILE) -> dict[str, Path]:
