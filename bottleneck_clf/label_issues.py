@@ -1,9 +1,10 @@
 """Suspected label errors: out-of-fold class probabilities from k heads, ranked by cleanlab.
 
 Each image is scored by a head that never saw it (k-fold, stratified, seeded), the project's own head
-(head.py) trained for a fixed number of epochs on the cached features. cleanlab's `find_label_issues`
-(confident learning) decides which given labels are likely wrong; they are ranked by self-confidence, the
-probability the held-out head gives to the given label, lowest first.
+(head.py, head.* settings) trained for a fixed number of epochs on the cached features, standardised with
+the mean and spread of its training folds: then a few epochs suffice whatever the scale of the features.
+cleanlab's `find_label_issues` (confident learning) decides which given labels are likely wrong; they are
+ranked by self-confidence, the probability the held-out head gives to the given label, lowest first.
 """
 
 from __future__ import annotations
@@ -54,13 +55,17 @@ def out_of_fold_probabilities(features, labels: np.ndarray, plan: Plan, head: He
     probs = np.zeros((len(plan.rows), len(plan.classes)))
     splitter = StratifiedKFold(n_splits=plan.folds, shuffle=True, random_state=seed)
     folds = list(splitter.split(plan.rows, local[plan.rows]))
+    x = np.asarray(features, np.float32)
     for fold, (fit, held_out) in enumerate(tqdm(folds, desc="audit: out-of-fold heads", unit="fold")):
         keras.utils.set_random_seed(seed + fold)
+        mean = x[plan.rows[fit]].mean(axis=0)
+        spread = x[plan.rows[fit]].std(axis=0) + 1e-6
+        scaled = (x - mean) / spread
         model = build_head(features.shape[1:], len(plan.classes), head.units, head.dropout)
         compile_head(model, len(plan.classes), head.optimizer, head.learning_rate)
-        model.fit(FeatureBatches(features, local, plan.rows[fit], batch_size=head.batch_size, shuffle=True,
+        model.fit(FeatureBatches(scaled, local, plan.rows[fit], batch_size=head.batch_size, shuffle=True,
                                  seed=seed + fold), epochs=epochs, verbose=0)
-        probs[held_out] = probabilities(model, features[plan.rows[held_out]])  # rows ascending: a memmap reads forward
+        probs[held_out] = probabilities(model, scaled[plan.rows[held_out]])
     return probs
 
 

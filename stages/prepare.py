@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from bottleneck_clf.atomic import atomic_dir, write_json
+from bottleneck_clf.atomic import atomic_dir, write_csv, write_json
 from bottleneck_clf.config import load_config
 from bottleneck_clf.dataset import MANIFEST, write_manifest
 from bottleneck_clf.exclude import read_exclude_list
@@ -15,13 +14,6 @@ REPORT = "report.json"
 SKIPPED = "skipped.csv"
 EXCLUDED = "excluded.csv"
 MOVED = "moved.csv"
-
-
-def write_csv(target: Path, header: tuple[str, ...], rows) -> None:
-    with open(target, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
 
 
 def main() -> None:
