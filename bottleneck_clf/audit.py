@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bottleneck_clf.config import AuditConfig, HeadConfig
+from bottleneck_clf.config import AuditConfig
 from bottleneck_clf.gallery import Cell, draw_sheet
 from bottleneck_clf.label_issues import LabelIssue, audit_labels
 from bottleneck_clf.near_duplicates import Pair, find_pairs
@@ -31,10 +31,9 @@ class Audit:
 
 
 def run_audit(features, labels: np.ndarray, ids: list[str], splits: list[str], hashes: list[str],
-              digests: list[str], classes: list[str], audit: AuditConfig, head: HeadConfig, phash_distance: int,
-              seed: int) -> Audit:
+              digests: list[str], classes: list[str], audit: AuditConfig, phash_distance: int, seed: int) -> Audit:
     """Label audit and near-duplicate search over the rows of `features` (every split, in one array)."""
-    issues, plan = audit_labels(features, labels, len(classes), audit.folds, head, audit.epochs, seed)
+    issues, plan = audit_labels(features, labels, len(classes), audit, seed)
     pairs = find_pairs(features, hashes, audit.similarity, phash_distance)
     pairs.sort(key=lambda p: (splits[p.a] == splits[p.b], -p.similarity, p.hash_distance, ids[p.a], ids[p.b]))
     not_audited = [classes[c] for c in plan.skipped_classes] if plan else list(classes)

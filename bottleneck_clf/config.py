@@ -88,6 +88,10 @@ class EvaluateConfig(Section):
 class AuditConfig(Section):
     folds: int
     epochs: int
+    units: int
+    dropout: float
+    learning_rate: float
+    batch_size: int
     similarity: float
     gallery_size: int
 

@@ -1,8 +1,9 @@
 """Suspected label errors: out-of-fold class probabilities from k heads, ranked by cleanlab.
 
-Each image is scored by a head that never saw it (k-fold, stratified, seeded), the project's own head
-(head.py, head.* settings) trained for a fixed number of epochs on the cached features, standardised with
-the mean and spread of its training folds: then a few epochs suffice whatever the scale of the features.
+Each image is scored by a head that never saw it (k-fold, stratified, seeded): the project's head (head.py's
+builder, Adam, with the audit.* settings, which no head.* experiment changes) trained for a fixed number of
+epochs on the cached features standardised with the mean and spread of its training folds, so that a few
+epochs suffice whatever the scale of the features.
 cleanlab's `find_label_issues` (confident learning) decides which given labels are likely wrong; they are
 ranked by self-confidence, the probability the held-out head gives to the given label, lowest first.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bottleneck_clf.config import HeadConfig
+from bottleneck_clf.config import AuditConfig
 from bottleneck_clf.head import FeatureBatches, build_head, compile_head, probabilities
 
 
@@ -42,8 +43,7 @@ def plan_folds(labels: np.ndarray, n_classes: int, folds: int) -> Plan | None:
     return Plan(rows, classes, used, [c for c in range(n_classes) if 0 < counts[c] < 2])
 
 
-def out_of_fold_probabilities(features, labels: np.ndarray, plan: Plan, head: HeadConfig, epochs: int,
-                              seed: int) -> np.ndarray:
+def out_of_fold_probabilities(features, labels: np.ndarray, plan: Plan, audit: AuditConfig, seed: int) -> np.ndarray:
     """(len(plan.rows), len(plan.classes)) probabilities, each row from the head trained on the other folds."""
     import keras
     from sklearn.model_selection import StratifiedKFold
@@ -61,10 +61,10 @@ def out_of_fold_probabilities(features, labels: np.ndarray, plan: Plan, head: He
         mean = x[plan.rows[fit]].mean(axis=0)
         spread = x[plan.rows[fit]].std(axis=0) + 1e-6
         scaled = (x - mean) / spread
-        model = build_head(features.shape[1:], len(plan.classes), head.units, head.dropout)
-        compile_head(model, len(plan.classes), head.optimizer, head.learning_rate)
-        model.fit(FeatureBatches(scaled, local, plan.rows[fit], batch_size=head.batch_size, shuffle=True,
-                                 seed=seed + fold), epochs=epochs, verbose=0)
+        model = build_head(features.shape[1:], len(plan.classes), audit.units, audit.dropout)
+        compile_head(model, len(plan.classes), "adam", audit.learning_rate)
+        model.fit(FeatureBatches(scaled, local, plan.rows[fit], batch_size=audit.batch_size, shuffle=True,
+                                 seed=seed + fold), epochs=audit.epochs, verbose=0)
         probs[held_out] = probabilities(model, scaled[plan.rows[held_out]])
     return probs
 
@@ -92,13 +92,13 @@ def rank_label_issues(labels: np.ndarray, probs: np.ndarray) -> list[LabelIssue]
             for r in found]
 
 
-def audit_labels(features, labels: np.ndarray, n_classes: int, folds: int, head: HeadConfig, epochs: int,
+def audit_labels(features, labels: np.ndarray, n_classes: int, audit: AuditConfig,
                  seed: int) -> tuple[list[LabelIssue], Plan | None]:
     """Ranked suspects over all images (rows of `features`, class indices as the data set's), and the plan."""
-    plan = plan_folds(labels, n_classes, folds)
+    plan = plan_folds(labels, n_classes, audit.folds)
     if plan is None:
         return [], None
-    probs = out_of_fold_probabilities(features, labels, plan, head, epochs, seed)
+    probs = out_of_fold_probabilities(features, labels, plan, audit, seed)
     local = np.searchsorted(plan.classes, labels[plan.rows])
     issues = rank_label_issues(local, probs)
     classes = np.asarray(plan.classes)

@@ -134,6 +134,10 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "audit": {
         "folds": Int(2, 50),
         "epochs": Int(1, 10000),
+        "units": Int(1, 65536),
+        "dropout": Float(0.0, 1.0, high_open=True),
+        "learning_rate": Float(0.0, 1.0, low_open=True),
+        "batch_size": Int(1, 65536),
         "similarity": Float(0.0, 1.0, low_open=True, high_open=True),
         "gallery_size": Int(0, 1000),
     },

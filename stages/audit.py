@@ -33,7 +33,7 @@ def main() -> None:
         raise UserError(f"{paths['features']}: {missing[0]} is not in {paths['prepared'] / MANIFEST}; run "
                         "`dvc repro audit` (not the stage alone) so that the features follow the manifest")
     result = run_audit(features, labels, ids, splits, [entries[i].phash for i in ids],
-                       [entries[i].sha256 for i in ids], meta["classes"], config.audit, config.head,
+                       [entries[i].sha256 for i in ids], meta["classes"], config.audit,
                        config.prepare.phash_distance, config.base.seed)
     out = paths["audit_metrics"]
     write_csv(out / "label_issues.csv", LABEL_FIELDS, label_rows(result))

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from conftest import COLORS, resized_copy, update_params, write_shapes
 from PIL import Image
 
-from bottleneck_clf.config import HeadConfig
+from bottleneck_clf.config import AuditConfig
 from bottleneck_clf.images import open_rgb
 from bottleneck_clf.label_issues import audit_labels, plan_folds
 from bottleneck_clf.near_duplicates import feature_pairs, groups, hamming, hash_pairs, phash
 
-HEAD = HeadConfig(units=16, dropout=0.5, optimizer="adam", learning_rate=0.003, epochs=1, batch_size=16, patience=0,
-                  early_stopping_fraction=0.1)
+AUDIT = AuditConfig(folds=5, epochs=10, units=16, dropout=0.5, learning_rate=0.003, batch_size=16, similarity=0.95,
+                    gallery_size=4)
 
 
 def blobs(seed: int = 0, per_class: int = 60, classes: int = 3, dims: int = 32, flips: int = 6):
@@ -33,7 +34,7 @@ def blobs(seed: int = 0, per_class: int = 60, classes: int = 3, dims: int = 32, 
 
 def test_planted_flipped_labels_rank_first():
     features, given, flipped = blobs()
-    issues, plan = audit_labels(features, given, 3, folds=5, head=HEAD, epochs=10, seed=42)
+    issues, plan = audit_labels(features, given, 3, AUDIT, seed=42)
     assert plan.folds == 5
     ranked = [issue.row for issue in issues]
     # Confident learning is conservative (a flip near the class border may pass): five of the six planted flips
@@ -46,7 +47,7 @@ def test_planted_flipped_labels_rank_first():
     # Without flips, no more than a handful of suspects among 180 clean labels.
     clean, _, _ = blobs(flips=0)
     truth = np.repeat(np.arange(3), 60)
-    assert len(audit_labels(clean, truth, 3, folds=5, head=HEAD, epochs=10, seed=42)[0]) <= 3
+    assert len(audit_labels(clean, truth, 3, AUDIT, seed=42)[0]) <= 3
 
 
 def test_a_class_smaller_than_the_folds_lowers_them_and_a_single_image_is_left_out():
@@ -55,7 +56,7 @@ def test_a_class_smaller_than_the_folds_lowers_them_and_a_single_image_is_left_o
     assert plan.folds == 3 and plan.classes == [0, 1] and plan.skipped_classes == [2]
     assert 33 not in plan.rows.tolist()
     features = np.random.default_rng(0).normal(size=(len(labels), 8)).astype(np.float32)
-    issues, _ = audit_labels(features, labels, 3, folds=5, head=HEAD, epochs=2, seed=0)
+    issues, _ = audit_labels(features, labels, 3, replace(AUDIT, epochs=2), seed=0)
     assert all(issue.row != 33 and issue.given in (0, 1) for issue in issues)
     assert plan_folds(np.array([0, 0, 0, 1]), 2, folds=5) is None  # one class left: nothing to compare against
 
@@ -111,7 +112,8 @@ def test_audit_stage_on_drawn_images(project):
     write_shapes(raw / "train/dogs/planted-cat.png", COLORS["cats"], seed=999)  # a cat filed as a dog
     resized_copy(raw / "train/cats/000.png", raw / "validation/cats/copy-of-000.jpg")  # a leak
     # Random-weight VGG16 features of any two drawings are close (cosine up to 0.993): a stricter threshold.
-    update_params(project, {"audit": {"similarity": 0.995, "epochs": 20, "folds": 4, "gallery_size": 4}})
+    update_params(project, {"audit": {"similarity": 0.995, "epochs": 20, "folds": 4, "gallery_size": 4,
+                                      "units": 8, "batch_size": 8}})
     for stage in (weights, prepare, extract_features, audit):
         stage.main()
 
