@@ -15,6 +15,7 @@ from bottleneck_clf.images import BadImage, decode_rgb, list_files
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.csv"  # inside the prepare stage's output folder
+REPORT = "report.json"     # beside it: counts, skipped, excluded, near-duplicates
 MANIFEST_FIELDS = ("path", "sha256", "label", "split", "phash")  # phash: near_duplicates.phash of the pixels
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import write_csv, write_json
 from bottleneck_clf.audit import LABEL_FIELDS, PAIR_FIELDS, draw_sheets, label_rows, metrics, pair_rows, run_audit
 from bottleneck_clf.config import load_config
-from bottleneck_clf.dataset import MANIFEST, read_manifest
+from bottleneck_clf.dataset import MANIFEST, REPORT, read_manifest
 from bottleneck_clf.errors import UserError
 from bottleneck_clf.features import load_meta, load_split
 from bottleneck_clf.head import seed_everything
@@ -40,6 +42,8 @@ def main() -> None:
     write_csv(out / "near_duplicates.csv", PAIR_FIELDS, pair_rows(result))
     draw_sheets(result, paths["raw"], out / "plots", config.audit.gallery_size)
     summary = metrics(result)
+    # What the exclude list took out before this audit (prepare's report): suspects acted on.
+    summary["excluded"] = json.loads((paths["prepared"] / REPORT).read_text(encoding="utf-8")).get("excluded", 0)
     write_json(out / "metrics.json", summary)
     near = summary["near_duplicates"]
     skipped = f"; classes left out (one image): {', '.join(result.not_audited)}" if result.not_audited else ""

@@ -6,11 +6,10 @@ from pathlib import Path
 
 from bottleneck_clf.atomic import atomic_dir, write_csv, write_json
 from bottleneck_clf.config import load_config
-from bottleneck_clf.dataset import MANIFEST, write_manifest
+from bottleneck_clf.dataset import MANIFEST, REPORT, write_manifest
 from bottleneck_clf.exclude import read_exclude_list
 from bottleneck_clf.splits import data_report, split_images
 
-REPORT = "report.json"
 SKIPPED = "skipped.csv"
 EXCLUDED = "excluded.csv"
 MOVED = "moved.csv"

@@ -20,6 +20,7 @@ TINY_PARAMS = {
     "extract": {"image_size": 32, "batch_size": 8},
     "head": {"units": 8, "epochs": 3, "batch_size": 8, "patience": 2},
     "finetune": {"epochs": 2, "batch_size": 8, "patience": 1},
+    "audit": {"units": 8, "epochs": 3, "batch_size": 8},
 }
 
 
@@ -53,6 +54,17 @@ def write_shapes(path: Path, color: tuple[int, int, int], seed: int, size: int =
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format=fmt)
     return path
+
+
+def make_drawn_presplit(root: Path, counts: dict[str, int], classes=("cats", "dogs")) -> Path:
+    """data/raw/<split>/<class>/<n>.png drawings (write_shapes) plus validation/cats/copy-of-000.jpg, a resized
+    JPEG copy of train/cats/000.png: a near-duplicate across splits."""
+    for s, (split, n_images) in enumerate(counts.items()):
+        for c, name in enumerate(classes):
+            for n in range(n_images):
+                write_shapes(root / split / name / f"{n:03d}.png", COLORS[name], seed=1000 * (2 * s + c) + n)
+    resized_copy(root / "train/cats/000.png", root / "validation/cats/copy-of-000.jpg")
+    return root
 
 
 def resized_copy(source: Path, target: Path, scale: float = 1.7, quality: int = 80) -> Path:

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import COLORS, resized_copy, update_params, write_shapes
+from conftest import COLORS, make_drawn_presplit, resized_copy, update_params, write_shapes
 from PIL import Image
 
 from bottleneck_clf.config import AuditConfig
@@ -104,13 +104,8 @@ def read_csv(path):
 def test_audit_stage_on_drawn_images(project):
     from stages import audit, extract_features, prepare, weights
 
-    raw = project / "data/raw"
-    for s, (split, n_images) in enumerate({"train": 20, "validation": 5}.items()):
-        for c, name in enumerate(("cats", "dogs")):
-            for n in range(n_images):
-                write_shapes(raw / split / name / f"{n:03d}.png", COLORS[name], seed=1000 * (2 * s + c) + n)
+    raw = make_drawn_presplit(project / "data/raw", {"train": 20, "validation": 5})  # with a leak
     write_shapes(raw / "train/dogs/planted-cat.png", COLORS["cats"], seed=999)  # a cat filed as a dog
-    resized_copy(raw / "train/cats/000.png", raw / "validation/cats/copy-of-000.jpg")  # a leak
     # Random-weight VGG16 features of any two drawings are close (cosine up to 0.993): a stricter threshold.
     update_params(project, {"audit": {"similarity": 0.995, "epochs": 20, "folds": 4, "gallery_size": 4,
                                       "units": 8, "batch_size": 8}})
@@ -135,7 +130,7 @@ def test_audit_stage_on_drawn_images(project):
     assert len(pairs) == 1, pairs
 
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["images"] == 52
+    assert metrics["images"] == 52 and metrics["excluded"] == 0
     assert metrics["near_duplicates"]["across_splits"] == 1 and metrics["near_duplicates"]["within_split"] == 0
     assert metrics["label_issues"]["suspects"] == len(suspects) >= 1
     assert metrics["label_issues"]["in_train"] + metrics["label_issues"]["in_validation"] == len(suspects)

@@ -6,7 +6,7 @@ import csv
 import json
 
 import pytest
-from conftest import COLORS, make_class_folders, resized_copy, update_params, write_shapes
+from conftest import COLORS, make_class_folders, make_drawn_presplit, resized_copy, update_params, write_shapes
 
 from bottleneck_clf.dataset import read_manifest
 from bottleneck_clf.images import open_rgb
@@ -82,12 +82,7 @@ def test_manifest_carries_the_perceptual_hash(project):
 
 
 def presplit_with_a_leak(project):
-    raw = project / "data/raw"
-    for s, (split, n_images) in enumerate({"train": 6, "validation": 3}.items()):
-        for c, name in enumerate(("cats", "dogs")):
-            for n in range(n_images):
-                write_shapes(raw / split / name / f"{n:03d}.png", COLORS[name], seed=1000 * (2 * s + c) + n)
-    resized_copy(raw / "train/cats/000.png", raw / "validation/cats/copy-of-000.jpg")
+    make_drawn_presplit(project / "data/raw", {"train": 6, "validation": 3})
 
 
 def test_near_duplicates_across_splits_are_counted_and_kept(project, capsys):
