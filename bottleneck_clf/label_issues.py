@@ -2,7 +2,7 @@
 
 Each image is scored by a head that never saw it (k-fold, stratified, seeded): the project's head (head.py's
 builder, Adam, with the audit.* settings, which no head.* experiment changes) trained for a fixed number of
-epochs on the cached features standardised with the mean and spread of its training folds, so that a few
+epochs on the cached features centred and scaled by the mean and spread of its training folds, so that a few
 epochs suffice whatever the scale of the features.
 cleanlab's `find_label_issues` (confident learning) decides which given labels are likely wrong; they are
 ranked by self-confidence, the probability the held-out head gives to the given label, lowest first.
@@ -58,8 +58,10 @@ def out_of_fold_probabilities(features, labels: np.ndarray, plan: Plan, audit: A
     x = np.asarray(features, np.float32)
     for fold, (fit, held_out) in enumerate(tqdm(folds, desc="audit: out-of-fold heads", unit="fold")):
         keras.utils.set_random_seed(seed + fold)
+        # Centred per channel, scaled by one spread for all: a per-channel spread would blow up channels that
+        # are nearly constant in the training folds (dead ReLUs) on the held-out images.
         mean = x[plan.rows[fit]].mean(axis=0)
-        spread = x[plan.rows[fit]].std(axis=0) + 1e-6
+        spread = float(np.std(x[plan.rows[fit]] - mean)) or 1.0
         scaled = (x - mean) / spread
         model = build_head(features.shape[1:], len(plan.classes), audit.units, audit.dropout)
         compile_head(model, len(plan.classes), "adam", audit.learning_rate)
