@@ -50,6 +50,18 @@ def test_planted_flipped_labels_rank_first():
     assert len(audit_labels(clean, truth, 3, AUDIT, seed=42)[0]) <= 3
 
 
+def test_a_channel_alive_in_one_image_only_does_not_accuse_it():
+    # Real VGG16 features have channels that are zero in nearly every image: scaled per channel by the training
+    # folds' spread (zero), such a channel would throw the held-out image to a random class with certainty.
+    clean, _, _ = blobs(flips=0)
+    truth = np.repeat(np.arange(3), 60)
+    rare = np.zeros((len(truth), 3), np.float32)
+    lonely = [5, 70, 130]
+    rare[lonely, [0, 1, 2]] = 1.0
+    issues, _ = audit_labels(np.hstack([clean, rare]), truth, 3, AUDIT, seed=42)
+    assert not {issue.row for issue in issues} & set(lonely), [issue.row for issue in issues]
+
+
 def test_a_class_smaller_than_the_folds_lowers_them_and_a_single_image_is_left_out():
     labels = np.array([0] * 30 + [1] * 3 + [2])
     plan = plan_folds(labels, 3, folds=5)
