@@ -7,6 +7,7 @@ interrupted run (Ctrl-C, kill -9) never leaves a file or folder that looks finis
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -80,3 +81,11 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_json(target: str | Path, data: object) -> None:
     write_text(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(target: str | Path, header: tuple[str, ...], rows) -> None:
+    """A CSV with `header`, then `rows`; Unix line ends."""
+    with atomic_path(target) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)

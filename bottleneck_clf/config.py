@@ -39,6 +39,8 @@ class PrepareConfig(Section):
     test_fraction: float
     on_bad_image: str
     small_classes: str
+    near_duplicates: str
+    phash_distance: int
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,18 @@ class RayConfig(Section):
 
 
 @dataclass(frozen=True)
+class AuditConfig(Section):
+    folds: int
+    epochs: int
+    units: int
+    dropout: float
+    learning_rate: float
+    batch_size: int
+    similarity: float
+    gallery_size: int
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole params file, one attribute per section (the attribute name is the section's)."""
 
@@ -115,6 +129,7 @@ class Config:
     evaluate: EvaluateConfig
     export: ExportConfig
     ray: RayConfig
+    audit: AuditConfig
 
     @classmethod
     def from_params(cls, params: dict[str, dict[str, Any]]) -> Config:
@@ -132,6 +147,7 @@ SECTIONS: dict[str, type[Section]] = {
     "evaluate": EvaluateConfig,
     "export": ExportConfig,
     "ray": RayConfig,
+    "audit": AuditConfig,
 }
 
 

@@ -15,7 +15,8 @@ from bottleneck_clf.images import BadImage, decode_rgb, list_files
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.csv"  # inside the prepare stage's output folder
-MANIFEST_FIELDS = ("path", "sha256", "label", "split")
+REPORT = "report.json"     # beside it: counts, skipped, excluded, near-duplicates
+MANIFEST_FIELDS = ("path", "sha256", "label", "split", "phash")  # phash: near_duplicates.phash of the pixels
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Entry:
     sha256: str
     label: str
     split: str
+    phash: str = ""  # 64-bit perceptual hash of the decoded pixels, 16 hex digits
 
 
 @dataclass(frozen=True)
@@ -75,38 +77,46 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_images(root: Path, candidates: list[Candidate]) -> tuple[list[tuple[Candidate, str]], list[tuple[str, str]]]:
-    """Decode every candidate. Returns (good candidates with sha256, [(path, reason)] for bad ones)."""
+def check_images(root: Path, candidates: list[Candidate], hash_image=None
+                 ) -> tuple[list[tuple[Candidate, str]], list[tuple[str, str]], dict[str, str]]:
+    """Decode every candidate. Returns (good candidates with sha256, [(path, reason)] for bad ones,
+    {sha256: hash_image(decoded pixels)}, empty without `hash_image`)."""
     from tqdm import tqdm
 
-    good, bad = [], []
+    good, bad, hashes = [], [], {}
     for candidate in tqdm(candidates, desc="prepare: checking images", unit="img", mininterval=1.0):
         path = root / candidate.path
         data = path.read_bytes()
         try:
             # Decoding the bytes we hashed means the hash always names the pixels we checked.
-            decode_rgb(data)
+            image = decode_rgb(data)
         except BadImage as exc:
             bad.append((candidate.path, str(exc)))
             continue
-        good.append((candidate, sha256_bytes(data)))
-    return good, bad
+        digest = sha256_bytes(data)
+        if hash_image is not None and digest not in hashes:
+            hashes[digest] = hash_image(image)
+        good.append((candidate, digest))
+    return good, bad, hashes
 
 
 def assign_splits(
     items: list[tuple[Candidate, str]], validation_fraction: float, test_fraction: float, seed: int,
-    small_classes: str = "fail",
+    small_classes: str = "fail", group_of: dict[str, str] | None = None,
 ) -> list[Entry]:
     """Stratified, seeded split; identical files (same sha256) always land in the same split.
 
     Classes too small for every split's share are refused (`small_classes="fail"`) or split by the few-shot
     rule (`"few_shot"`, few_shot_splits); the other classes are split exactly as if they were alone.
+    `group_of` maps a sha256 to a group key (near-duplicates, prepare.near_duplicates: one_split): the files of
+    a group land in one split too. Without it each sha256 is its own group.
     """
     from sklearn.model_selection import train_test_split
 
+    group_of = group_of or {}
     groups: dict[str, str] = {}
     for candidate, digest in items:
-        groups.setdefault(digest, candidate.label)
+        groups.setdefault(group_of.get(digest, digest), candidate.label)
     counts = Counter(groups.values())
     small = {label for label, n in counts.items() if n < split_need(validation_fraction, test_fraction)}
     if small_classes == "fail":
@@ -134,7 +144,7 @@ def assign_splits(
                              "add images to the class or change the fractions")
     for label in sorted(small):
         split_of.update(few_shot_splits(sorted(k for k in groups if groups[k] == label), test_fraction, seed))
-    return [Entry(c.path, digest, c.label, split_of[digest]) for c, digest in items]
+    return [Entry(c.path, digest, c.label, split_of[group_of.get(digest, digest)]) for c, digest in items]
 
 
 def split_need(validation_fraction: float, test_fraction: float) -> int:
@@ -212,7 +222,7 @@ def write_manifest(entries: list[Entry], target: Path) -> None:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(MANIFEST_FIELDS)
         for e in sorted(entries, key=lambda e: (SPLITS.index(e.split), e.path)):
-            writer.writerow((e.path, e.sha256, e.label, e.split))
+            writer.writerow((e.path, e.sha256, e.label, e.split, e.phash))
 
 
 def read_manifest(path: str | Path) -> list[Entry]:
@@ -221,7 +231,7 @@ def read_manifest(path: str | Path) -> list[Entry]:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:
             raise UserError(f"{path}: not a manifest (columns {reader.fieldnames}); rerun the prepare stage")
-        return [Entry(row["path"], row["sha256"], row["label"], row["split"]) for row in reader]
+        return [Entry(row["path"], row["sha256"], row["label"], row["split"], row["phash"]) for row in reader]
 
 
 def class_names(entries: list[Entry]) -> list[str]:

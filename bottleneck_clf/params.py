@@ -22,6 +22,7 @@ SMALL_CLASS_ACTIONS = ("few_shot", "fail")
 BAD_IMAGE_ACTIONS = ("skip", "fail")
 PRECISIONS = ("float32", "bfloat16")
 ENGINES = ("auto", "local", "ray")
+NEAR_DUPLICATE_ACTIONS = ("keep", "one_split")
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "test_fraction": Float(0.0, 1.0, high_open=True),
         "on_bad_image": Choice(BAD_IMAGE_ACTIONS),
         "small_classes": Choice(SMALL_CLASS_ACTIONS),
+        "near_duplicates": Choice(NEAR_DUPLICATE_ACTIONS),
+        "phash_distance": Int(0, 32),
     },
     "extract": {
         "image_size": Int(32, 1024),
@@ -168,6 +171,16 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "engine": Choice(ENGINES),
         "actors": Int(0, 100000),
         "gpus_per_actor": Float(0.0, 64.0, low_open=True),
+    },
+    "audit": {
+        "folds": Int(2, 50),
+        "epochs": Int(1, 10000),
+        "units": Int(1, 65536),
+        "dropout": Float(0.0, 1.0, high_open=True),
+        "learning_rate": Float(0.0, 1.0, low_open=True),
+        "batch_size": Int(1, 65536),
+        "similarity": Float(0.0, 1.0, low_open=True, high_open=True),
+        "gallery_size": Int(0, 1000),
     },
 }
 

@@ -1,11 +1,14 @@
 """The split rules: which images are usable, which split each goes to, and the leaks they must not open.
 
-Identical bytes are one image: under two labels none is kept, and all copies share one split.
+Identical bytes are one image: under two labels none is kept, and all copies share one split. Files in the
+exclude list are left out before anything is decoded. Near-duplicates (perceptual hashes within
+prepare.phash_distance) are counted, and with prepare.near_duplicates: one_split share a split as copies do.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bottleneck_clf.config import PrepareConfig
@@ -21,6 +24,8 @@ from bottleneck_clf.dataset import (
     find_candidates,
 )
 from bottleneck_clf.errors import UserError
+from bottleneck_clf.exclude import apply_exclude_list
+from bottleneck_clf.near_duplicates import groups, hash_pairs, phash
 
 
 def require_classes(labels: list[str], root: Path, when: str) -> None:
@@ -33,15 +38,30 @@ def require_classes(labels: list[str], root: Path, when: str) -> None:
         )
 
 
-def split_images(raw: Path, config: PrepareConfig, seed: int) -> tuple[list[Entry], list[tuple[str, str]], str]:
-    """(manifest entries, [(path, reason)] skipped, layout used) for the images under `raw`."""
+@dataclass
+class Prepared:
+    entries: list[Entry]
+    bad: list[tuple[str, str]]                 # (path, reason) unusable, skipped
+    layout: str
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) left out by the exclude list
+    unmatched: list[str] = field(default_factory=list)  # exclude-list entries that name no file
+    moved: list[tuple[str, str, str]] = field(default_factory=list)  # (path, from split, to split)
+    near_pairs: list[tuple[str, str]] = field(default_factory=list)  # (path, path) near-duplicates, distinct bytes
+
+
+def split_images(raw: Path, config: PrepareConfig, seed: int, exclude: dict[str, str] | None = None) -> Prepared:
+    """The manifest entries and what was skipped, excluded, moved for the images under `raw`.
+
+    `exclude`: {path relative to raw: reason} (exclude.read_exclude_list).
+    """
     layout, candidates = find_candidates(raw, config.layout)
+    candidates, excluded, unmatched = apply_exclude_list(candidates, exclude or {})
     # Fail before decoding anything when the file counts alone already rule the split out.
     require_classes([c.label for c in candidates], raw, "before checking")
     if layout == "by_class" and config.small_classes == "fail":
         check_split_sizes(Counter(c.label for c in candidates), config.validation_fraction, config.test_fraction,
                           "file(s)")
-    good, bad = check_images(raw, candidates)
+    good, bad, hashes = check_images(raw, candidates, hash_image=phash)
     good = drop_conflicting(good, bad)
     if bad and config.on_bad_image == "fail":
         listing = "\n  ".join(f"{raw / p}: {reason}" for p, reason in sorted(bad))
@@ -51,11 +71,26 @@ def split_images(raw: Path, config: PrepareConfig, seed: int) -> tuple[list[Entr
         )
     require_classes([c.label for c, _ in good], raw, "after skipping unusable files")
 
+    digests = sorted({d for _, d in good})
+    first, second, _ = hash_pairs([hashes[d] for d in digests], config.phash_distance)
+    group_of = None
+    if config.near_duplicates == "one_split":
+        roots = groups(len(digests), zip(first.tolist(), second.tolist(), strict=True))
+        group_of = {d: digests[r] for d, r in zip(digests, roots, strict=True)}
     if layout == "pre_split":
-        entries = presplit_entries(good, raw)
+        entries = presplit_entries(good, raw, group_of)
     else:
-        entries = assign_splits(good, config.validation_fraction, config.test_fraction, seed, config.small_classes)
-    return entries, sorted(bad), layout
+        entries = assign_splits(good, config.validation_fraction, config.test_fraction, seed,
+                                config.small_classes, group_of)
+    entries = [replace(e, phash=hashes[e.sha256]) for e in entries]
+    given = {c.path: c.split for c, _ in good}
+    moved = [(e.path, given[e.path], e.split) for e in entries if given[e.path] and given[e.path] != e.split]
+    paths_of: dict[str, list[str]] = {}
+    for e in entries:
+        paths_of.setdefault(e.sha256, []).append(e.path)
+    near_pairs = sorted((a, b) for i, j in zip(first.tolist(), second.tolist(), strict=True)
+                        for a in paths_of[digests[i]] for b in paths_of[digests[j]])
+    return Prepared(entries, sorted(bad), layout, excluded, unmatched, sorted(moved), near_pairs)
 
 
 def drop_conflicting(good: list, bad: list[tuple[str, str]]) -> list:
@@ -74,27 +109,41 @@ def drop_conflicting(good: list, bad: list[tuple[str, str]]) -> list:
     return [(c, d) for c, d in good if d not in conflicted]
 
 
-def presplit_entries(good, raw: Path) -> list[Entry]:
-    """Keep the user's split; identical files in two splits would leak, so all copies join the first split."""
+def presplit_entries(good, raw: Path, group_of: dict[str, str] | None = None) -> list[Entry]:
+    """Keep the user's split; identical files in two splits would leak, so all copies join the first split.
+
+    `group_of` (sha256 -> group key): near-duplicates, whose files join their group's first split too.
+    """
+    group_of = group_of or {}
     first: dict[str, str] = {}
     for candidate, digest in sorted(good, key=lambda item: SPLITS.index(item[0].split)):
-        first.setdefault(digest, candidate.split)
+        first.setdefault(group_of.get(digest, digest), candidate.split)
     for split in ("train", "validation"):
         if split not in first.values():
             raise UserError(f"the pre-split layout has no usable images in {split}/")
-    entries = [Entry(c.path, d, c.label, first[d]) for c, d in good]
+    entries = [Entry(c.path, d, c.label, first[group_of.get(d, d)]) for c, d in good]
     check_presplit_classes(entries, raw)
     return entries
 
 
-def data_report(entries: list[Entry], bad: list[tuple[str, str]], layout: str) -> dict:
+def data_report(prepared: Prepared, near_duplicates: str) -> dict:
+    entries = prepared.entries
     duplicates = len(entries) - len({e.sha256 for e in entries})
+    split_of = {e.path: e.split for e in entries}
     return {
-        "layout": layout,
+        "layout": prepared.layout,
         "classes": class_names(entries),
         "images": len(entries),
-        "skipped": len(bad),
+        "skipped": len(prepared.bad),
+        "excluded": len(prepared.excluded),
         "duplicate_files": duplicates,
+        "near_duplicates": {
+            "setting": near_duplicates,
+            "pairs": len(prepared.near_pairs),
+            "pairs_across_splits": sum(split_of[a] != split_of[b] for a, b in prepared.near_pairs),
+        },
+        # pre_split layout: files put in another split than their folder's, to join their (near-)duplicate
+        "moved": len(prepared.moved),
         "counts": counts_by_split(entries),
         # Classes missing from a split (few-shot rule, README "Few-shot classes"): not scored there.
         "classes_missing_from": {

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-from bottleneck_clf.atomic import atomic_dir, write_json
+from bottleneck_clf.atomic import atomic_dir, write_csv, write_json
 from bottleneck_clf.config import load_config
-from bottleneck_clf.dataset import MANIFEST, write_manifest
+from bottleneck_clf.dataset import MANIFEST, REPORT, write_manifest
+from bottleneck_clf.exclude import read_exclude_list
 from bottleneck_clf.splits import data_report, split_images
 
-REPORT = "report.json"
 SKIPPED = "skipped.csv"
+EXCLUDED = "excluded.csv"
+MOVED = "moved.csv"
 
 
 def main() -> None:
@@ -19,16 +20,23 @@ def main() -> None:
 
     config = load_config()
     paths = project_paths()
-    entries, bad, layout = split_images(paths["raw"], config.prepare, config.base.seed)
-    report = data_report(entries, bad, layout)
+    exclude = read_exclude_list(paths["exclude"], paths["raw"])
+    prepared = split_images(paths["raw"], config.prepare, config.base.seed, exclude)
+    report = data_report(prepared, config.prepare.near_duplicates)
     with atomic_dir(paths["prepared"]) as tmp:
-        write_manifest(entries, tmp / MANIFEST)
+        write_manifest(prepared.entries, tmp / MANIFEST)
         write_json(tmp / REPORT, report)
-        with open(tmp / SKIPPED, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(("path", "reason"))
-            writer.writerows(bad)
+        write_csv(tmp / SKIPPED, ("path", "reason"), prepared.bad)
+        write_csv(tmp / EXCLUDED, ("path", "reason"), prepared.excluded)
+        write_csv(tmp / MOVED, ("path", "from_split", "to_split"), prepared.moved)
     print_report(report, paths["prepared"])
+    if prepared.excluded:
+        print(f"prepare: left out {len(prepared.excluded)} file(s) listed in {paths['exclude']}; see "
+              f"{paths['prepared'] / EXCLUDED}")
+    if prepared.unmatched:
+        shown = ", ".join(prepared.unmatched[:5]) + (", ..." if len(prepared.unmatched) > 5 else "")
+        print(f"prepare: warning: {len(prepared.unmatched)} entr(ies) of {paths['exclude']} match no file under "
+              f"{paths['raw']}: {shown}")
 
 
 def print_report(report: dict, out: Path) -> None:
@@ -47,6 +55,12 @@ def print_report(report: dict, out: Path) -> None:
                   "(README, \"Few-shot classes\")")
     if report["duplicate_files"]:
         print(f"prepare: {report['duplicate_files']} duplicate file(s) kept in the same split as their twin")
+    near = report["near_duplicates"]
+    if near["pairs"]:
+        print(f"prepare: {near['pairs']} near-duplicate pair(s) by perceptual hash, {near['pairs_across_splits']} "
+              f"across splits (prepare.near_duplicates: {near['setting']}; `dvc repro audit` shows them)")
+    if report["moved"]:
+        print(f"prepare: moved {report['moved']} file(s) into the split of their (near-)duplicate; see {out / MOVED}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ TINY_PARAMS = {
     "extract": {"image_size": 32, "batch_size": 8},
     "head": {"units": 8, "epochs": 3, "batch_size": 8, "patience": 2},
     "finetune": {"epochs": 2, "batch_size": 8, "patience": 1},
+    "audit": {"units": 8, "epochs": 3, "batch_size": 8},
 }
 
 
@@ -33,6 +34,46 @@ def write_image(path: Path, color: tuple[int, int, int], seed: int, size: int = 
 
 
 COLORS = {"cats": (200, 60, 40), "dogs": (40, 80, 200), "birds": (60, 190, 70)}
+
+
+def write_shapes(path: Path, color: tuple[int, int, int], seed: int, size: int = 64, fmt: str | None = None) -> Path:
+    """A real image with structure: a background near `color` (the class) under three seeded grey ellipses or
+    boxes. Unlike flat noise, a resized or re-encoded copy keeps its perceptual hash and features while
+    another drawing does not."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    background = np.clip(np.array(color) + rng.integers(-30, 30, 3), 0, 255)
+    image = Image.new("RGB", (size, size), tuple(int(c) for c in background))
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):
+        x, y = (int(v) for v in rng.integers(0, size - 16, 2))
+        w, h = (int(v) for v in rng.integers(8, size // 3, 2))
+        fill = (int(rng.integers(0, 255)),) * 3  # grey: the class's colour stays the background's
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + w, y + h), fill=fill)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format=fmt)
+    return path
+
+
+def make_drawn_presplit(root: Path, counts: dict[str, int], classes=("cats", "dogs")) -> Path:
+    """data/raw/<split>/<class>/<n>.png drawings (write_shapes) plus validation/cats/copy-of-000.jpg, a resized
+    JPEG copy of train/cats/000.png: a near-duplicate across splits."""
+    for s, (split, n_images) in enumerate(counts.items()):
+        for c, name in enumerate(classes):
+            for n in range(n_images):
+                write_shapes(root / split / name / f"{n:03d}.png", COLORS[name], seed=1000 * (2 * s + c) + n)
+    resized_copy(root / "train/cats/000.png", root / "validation/cats/copy-of-000.jpg")
+    return root
+
+
+def resized_copy(source: Path, target: Path, scale: float = 1.7, quality: int = 80) -> Path:
+    """`source` resized (bicubic) and re-encoded as JPEG: a near-duplicate with other bytes."""
+    with Image.open(source) as image:
+        size = (round(image.width * scale), round(image.height * scale))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        image.convert("RGB").resize(size, Image.Resampling.BICUBIC).save(target, format="JPEG", quality=quality)
+    return target
 
 
 def make_class_folders(root: Path, per_class: int = 10, classes=("cats", "dogs"), start_seed: int = 0) -> Path:

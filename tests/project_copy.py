@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "bottleneck_clf", "data/weights/user/README.md")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "bottleneck_clf", "data/weights/user/README.md",
+                 "data/exclude.txt")
 
 
 def copy_project(target: Path) -> Path:

@@ -9,7 +9,7 @@ import pytest
 from conftest import dvc, git, make_class_folders, update_params, write_image
 
 pytestmark = pytest.mark.slow
-ALL_STAGES = {"weights", "prepare", "extract_features", "train_head", "finetune", "evaluate", "export"}
+ALL_STAGES = {"weights", "prepare", "extract_features", "train_head", "finetune", "evaluate", "export", "audit"}
 AFTER_HEAD = {"finetune", "evaluate", "export"}
 
 
@@ -40,9 +40,14 @@ def test_reruns_only_what_a_change_touches(dvc_repo, tiny_weights):
     assert repro(repo) == {"evaluate", "export"}  # export records the threshold for predict
     update_params(repo, {"evaluate": {"gallery_size": 2}})
     assert repro(repo) == {"evaluate"}
+    update_params(repo, {"audit": {"similarity": 0.99}})
+    assert repro(repo) == {"audit"}  # off the path of train_head
 
     write_image(repo / "data/raw/cats/003.png", (10, 200, 10), seed=77)
-    assert repro(repo) == {"prepare", "extract_features", "train_head", *AFTER_HEAD}
+    assert repro(repo) == {"prepare", "extract_features", "train_head", *AFTER_HEAD, "audit"}
+    (repo / "data/exclude.txt").write_text("cats/003.png  # not a cat\n", encoding="utf-8")
+    assert repro(repo) == {"prepare", "extract_features", "train_head", *AFTER_HEAD, "audit"}
+    assert "cats/003.png" not in (repo / "data/prepared/manifest.csv").read_text()
 
     other = repo / "data/weights/user/other.weights.h5"
     import keras
@@ -53,7 +58,7 @@ def test_reruns_only_what_a_change_touches(dvc_repo, tiny_weights):
     model = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
     write_weights_h5({n: tuple(model.get_layer(n).get_weights()) for n in LAYER_NAMES}, other)
     update_params(repo, {"weights": {"source": "data/weights/user/other.weights.h5"}})
-    assert repro(repo) == {"weights", "extract_features", "train_head", *AFTER_HEAD}
+    assert repro(repo) == {"weights", "extract_features", "train_head", *AFTER_HEAD, "audit"}
     assert repro(repo) == set()
 
 
@@ -80,6 +85,9 @@ def test_gallery_is_a_declared_plot(dvc_repo):
     assert gallery.read_bytes().startswith(b"\x89PNG")
     shown = dvc(repo, "plots", "show", "--json").stdout
     assert "metrics/eval/plots/misclassified.png" in shown
+    assert "metrics/audit/plots/label_issues.png" in shown and "metrics/audit/plots/near_duplicates.png" in shown
+    audit = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    assert "near_duplicates" in json.dumps(audit) and "metrics/audit/metrics.json" in json.dumps(audit)
     commit(repo, "first run")
     update_params(repo, {"evaluate": {"gallery_size": 1}})
     repro(repo)
