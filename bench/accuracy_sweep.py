@@ -131,7 +131,7 @@ def table(baseline: dict, named: list[tuple[str, list[str], dict | None, float |
             continue
         delta = row["accuracy"] - baseline["accuracy"]
         half = (baseline["high"] - baseline["low"]) / 2
-        verdict = f"{delta:+.2%}" + (" (inside the interval: no gain)" if abs(delta) < half else "")
+        verdict = f"{delta:+.2%}" + (" (within the interval: no difference)" if abs(delta) < half else "")
         wall = f"{seconds:.0f} s" if seconds is not None else "-"
         lines.append(f"| {name} | `{' '.join(settings)}` | {cells(row)} | {wall} | {verdict} |")
     return lines

@@ -109,9 +109,10 @@ def schedule_callbacks(config) -> list:
                                               patience=max(1, config.patience // 2), verbose=1)]
 
 
-def compile_head(model, n_classes: int, config: HeadConfig, fit_images: int) -> None:
-    model.compile(optimizer=make_optimizer(config.optimizer, learning_rate_for(config, fit_images)),
-                  loss=loss_for(n_classes, config.label_smoothing), metrics=["accuracy"])
+def compile_head(model, n_classes: int, optimizer: str, learning_rate, label_smoothing: float = 0.0) -> None:
+    """`learning_rate`: a number or a schedule (learning_rate_for)."""
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate), loss=loss_for(n_classes, label_smoothing),
+                  metrics=["accuracy"])
 
 
 def probabilities(model, features: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -216,7 +217,8 @@ def train_head(fit: tuple, stop: tuple, n_classes: int, config: HeadConfig, seed
     """Train a head on (features, labels, rows) to fit and to stop on; returns (model, history, kept epoch)."""
     model = build_head(fit[0].shape[1:], n_classes, config.units, config.dropout, batch_norm=config.batch_norm,
                        l2=config.l2)
-    compile_head(model, n_classes, config, stop_images((None, fit[1], fit[2])))
+    compile_head(model, n_classes, config.optimizer, learning_rate_for(config, stop_images((None, fit[1], fit[2]))),
+                 config.label_smoothing)
     history, kept = fit_kept(model, fit, stop, config, seed, callbacks, stop_batch_size=max(config.batch_size, 256))
     return model, history, kept
 
