@@ -40,9 +40,10 @@ LEVERS = {
         ("head: label smoothing 0.1", ["head.label_smoothing=0.1"]),
         ("head: cosine schedule", ["head.schedule=cosine"]),
         ("head: reduce on plateau", ["head.schedule=plateau"]),
-        ("2016 recipe (150 px, flatten, RMSprop 1e-4)",
-         ["extract.image_size=150", "extract.pooling=flatten", "head.optimizer=rmsprop",
-          "head.learning_rate=0.0001", "head.patience=0", "head.epochs=50"]),
+        # README "Parameters": the 2016 recipe, one override away.
+        ("2016 recipe (150 px, flatten, RMSprop)",
+         ["extract.image_size=150", "extract.pooling=flatten", "head.optimizer=rmsprop", "head.batch_size=16",
+          "head.patience=0"]),
     ],
     "size": [
         ("image size 256, average pooling", ["extract.image_size=256"]),

@@ -59,13 +59,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/cats-dogs-small")
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--keep", type=Path, help="build the repo here and keep it (default: a temp folder)")
     args = parser.parse_args()
     import report
     from extract_bench import make_repo
 
     results = report.RESULTS / "audit-cats-dogs"
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as tmp:
-        repo = make_repo(Path(tmp) / "repo", args.data.resolve())
+        repo = make_repo(args.keep or Path(tmp) / "repo", args.data.resolve())
         repro(repo)
         audit = repo / "metrics/audit"
         counts = json.loads((audit / "metrics.json").read_text())
