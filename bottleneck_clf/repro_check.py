@@ -32,10 +32,12 @@ LOCK = "dvc.lock"
 # an image's label only when its probability lies within that of the threshold, which is rare.
 TOLERANCES = {
     "continuous": 1e-4,  # relative: losses, AUC and any other float metric
-    "share": 0.02,       # absolute: accuracy, precision, recall, F1 and their intervals (under 2 of 80 images)
+    "share": 0.02,       # absolute: accuracy, precision, recall, F1, agreement and their intervals (< 2 of 80 images)
+    "difference": 1e-4,  # absolute: a difference that is itself round-off (an export's max_abs_prob_diff)
+    "size": 1e-3,        # relative: compressed file sizes (*_bytes), whose bytes hold the floats
     "count": 0,          # absolute: integers (images, epochs, support) must be equal
 }
-SHARE_WORDS = ("accuracy", "precision", "recall", "f1")
+SHARE_WORDS = ("accuracy", "precision", "recall", "f1", "agreement")
 
 
 def run(*command: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -99,6 +101,11 @@ def allowed_change(name: str, old: float, new: float, tolerance: float | None) -
     """(largest allowed |new - old|, how it was chosen) for one metric; `tolerance` overrides the table."""
     if tolerance is not None:
         return tolerance, f"tolerance {tolerance:g}"
+    if name.endswith("_bytes"):
+        rtol = TOLERANCES["size"]
+        return rtol * max(abs(old), abs(new)), f"size tolerance {rtol:g} relative"
+    if "diff" in name.lower():
+        return TOLERANCES["difference"], f"difference tolerance {TOLERANCES['difference']:g}"
     if all(isinstance(v, int) for v in (old, new)):
         return TOLERANCES["count"], f"count tolerance {TOLERANCES['count']:g}"
     if any(word in name.lower() for word in SHARE_WORDS):
