@@ -71,4 +71,4 @@ def test_choose_mode(requested, records, strict, says):
     assert says in line
     if not strict and requested == "auto" and records:
         assert "avx2 only" in line or "unrecorded" in line
-        assert "tolerances: continuous 0.0001, share 0.02, count 0" in line
+        assert "tolerances: continuous 0.0001, share 0.02, difference 0.0001, size 0.001, count 0" in line
