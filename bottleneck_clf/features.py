@@ -247,6 +247,14 @@ def fill_memmap(target: Path, model, paths: list[str], digests: list[str], *, sh
     return counts
 
 
+def model_or_encoder(engine, weights, extract: ExtractConfig, pooling: str, output: str | None = None):
+    """(model, None) to run the conv base in this process when `engine` is None, else (None, the engine's
+    `encode` for fill_features): how Extractor and finetune's FrozenMaps both choose where VGG16 runs."""
+    if engine is None:
+        return build_extractor(weights, extract.image_size, pooling, extract.precision, output=output), None
+    return None, engine.encoder(weights, extract, pooling, output)
+
+
 class Extractor:
     """The frozen conv base for one `extract` setting, with the feature cache of exactly that setting."""
 
@@ -256,11 +264,7 @@ class Extractor:
         self.extract = extract
         self.fingerprint = fingerprint(vgg_weights.weights_digest(weights), extract)
         self.cache = FeatureCache(cache_root, self.fingerprint)
-        if engine is None:
-            self.model, self.encode = build_extractor(weights, extract.image_size, extract.pooling,
-                                                      extract.precision), None
-        else:
-            self.model, self.encode = None, engine.encoder(weights, extract, extract.pooling, None)
+        self.model, self.encode = model_or_encoder(engine, weights, extract, extract.pooling)
         self.shape = feature_shape(extract.image_size, extract.pooling)
 
     def write_splits(self, directory: Path, splits: dict[str, list], raw: Path, classes: list[str]):

@@ -118,7 +118,7 @@ class FrozenMaps:
 
     def __init__(self, weights, extract: ExtractConfig, blocks: int, cache_root: Path, engine=None):
         from bottleneck_clf.feature_cache import FeatureCache
-        from bottleneck_clf.features import build_extractor, fingerprint, source_digest
+        from bottleneck_clf.features import fingerprint, model_or_encoder, source_digest
         from bottleneck_clf.vgg_weights import weights_digest
 
         self.extract = extract
@@ -130,11 +130,7 @@ class FrozenMaps:
         self.cache = FeatureCache(cache_root, {**settings, "pooling": "none", "output": split_layer(blocks),
                                                "frozen_maps_code": code})
         # `engine` as Extractor's: None runs the frozen blocks here, the Ray engine on its cluster.
-        if engine is None:
-            self.model, self.encode = build_extractor(weights, extract.image_size, "flatten", extract.precision,
-                                                      output=split_layer(blocks)), None
-        else:
-            self.model, self.encode = None, engine.encoder(weights, extract, "flatten", split_layer(blocks))
+        self.model, self.encode = model_or_encoder(engine, weights, extract, "flatten", split_layer(blocks))
         self.shape = map_shape(extract.image_size, blocks)
 
     def compute(self, paths: list[str], digests: list[str], target: Path, desc: str):

@@ -217,7 +217,7 @@ def train_head(fit: tuple, stop: tuple, n_classes: int, config: HeadConfig, seed
     """Train a head on (features, labels, rows) to fit and to stop on; returns (model, history, kept epoch)."""
     model = build_head(fit[0].shape[1:], n_classes, config.units, config.dropout, batch_norm=config.batch_norm,
                        l2=config.l2)
-    compile_head(model, n_classes, config.optimizer, learning_rate_for(config, stop_images((None, fit[1], fit[2]))),
+    compile_head(model, n_classes, config.optimizer, learning_rate_for(config, stop_images(fit)),
                  config.label_smoothing)
     history, kept = fit_kept(model, fit, stop, config, seed, callbacks, stop_batch_size=max(config.batch_size, 256))
     return model, history, kept
