@@ -6,7 +6,7 @@ params.yaml and the section's dataclass here (tests/test_params.py fails when th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,9 @@ class Section:
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]):
-        """The section's fields from `values`; other keys are ignored (a recipe or a fingerprint holds more)."""
-        return cls(**{f.name: values[f.name] for f in fields(cls)})
+        """The section's fields from `values`; other keys are ignored (a recipe or a fingerprint holds more), and
+        a field with a default may be missing (a record written before the field existed)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values or f.default is MISSING})
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class ExtractConfig(Section):
     pooling: str
     batch_size: int
     precision: str
+    # Not in the feature cache's fingerprint: each image's own features and its mirror's are cached apart.
+    flip_tta: str = "none"
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class FinetuneConfig(Section):
     flip: bool
     rotation: float
     zoom: float
+    augment: str
     label_smoothing: float
     schedule: str
 

@@ -193,17 +193,18 @@ class RayEngine:
         self._started_ray = self.connected = False
         self._weights.clear()
 
-    def encoder(self, weights, extract: ExtractConfig, pooling: str, output: str | None):
+    def encoder(self, weights, extract: ExtractConfig, pooling: str, output: str | None, mirror: bool = False):
         """`encode(paths, digests)` for features.fill_features: the model of build_extractor(weights, ...,
-        pooling, output) over the files on the cluster, a batch of features at a time, in order."""
+        pooling, output) over the files (flipped left to right with `mirror`) on the cluster, a batch of
+        features at a time, in order."""
 
         def encode(paths: list[str], digests: list[str]):
-            return self.run(weights, extract, pooling, output, paths, digests)
+            return self.run(weights, extract, pooling, output, paths, digests, mirror)
 
         return encode
 
     def run(self, weights, extract: ExtractConfig, pooling: str, output: str | None, paths: list[str],
-            digests: list[str]):
+            digests: list[str], mirror: bool = False):
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -230,7 +231,7 @@ class RayEngine:
                          fn_constructor_kwargs={"weights": [self._weights[id(weights)][1]],
                                                 "image_size": extract.image_size, "pooling": pooling,
                                                 "precision": extract.precision, "output": output,
-                                                "batch_size": size})
+                                                "batch_size": size, "mirror": mirror})
         )
         expected = 0
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
@@ -275,7 +276,7 @@ class VggActor:
     """A Ray actor: builds the frozen conv base once, then encodes batches of pixels as the local engine does."""
 
     def __init__(self, weights: list, image_size: int, pooling: str, precision: str, output: str | None,
-                 batch_size: int):
+                 batch_size: int, mirror: bool = False):
         import ray
 
         import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
@@ -285,6 +286,7 @@ class VggActor:
         (values,) = ray.get(weights) if isinstance(weights[0], ray.ObjectRef) else (weights[0],)
         self.model = build_extractor(values, image_size, pooling, precision, output=output)
         self.batch_size = batch_size
+        self.mirror = mirror
         self.machine = json.dumps(signature(), sort_keys=True)  # where these floats are made (check-repro)
 
     def __call__(self, batch: dict) -> dict:
@@ -292,7 +294,7 @@ class VggActor:
 
         pixels = np.array(batch["pixels"], np.float32)  # a copy: Ray's arrays are read-only, preprocessing is not
         # Ray may hand over more or fewer rows than a batch: encode them a full (padded) batch at a time.
-        parts = [encode_batch(self.model, pixels[start:start + self.batch_size], self.batch_size)
+        parts = [encode_batch(self.model, pixels[start:start + self.batch_size], self.batch_size, self.mirror)
                  for start in range(0, len(pixels), self.batch_size)]
         return {"row": batch["row"], "ok": batch["ok"], "features": np.concatenate(parts),
                 "machine": np.array([self.machine] * len(pixels))}

@@ -20,24 +20,12 @@ from keras import layers
 
 from bottleneck_clf.config import ExtractConfig
 from bottleneck_clf.errors import UserError
-from bottleneck_clf.features import build_extractor
+from bottleneck_clf.features import build_extractor, vgg_preprocessing
 from bottleneck_clf.images import RESIZE_METHODS
 
-IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 # Inside the export stage's output folder.
 CLASSES_FILE = "classes.json"
 CLASSIFIER_FILE = "model.keras"
-
-
-def vgg_preprocessing() -> layers.Conv2D:
-    """keras.applications.vgg16.preprocess_input as a frozen 1x1 convolution (safe to load, no Lambda)."""
-    layer = layers.Conv2D(3, 1, name="vgg16_preprocessing", trainable=False)
-    layer.build((None, None, None, 3))
-    flip = np.zeros((1, 1, 3, 3), np.float32)
-    for channel in range(3):
-        flip[0, 0, channel, 2 - channel] = 1.0  # input RGB channel c becomes BGR channel 2 - c
-    layer.set_weights([flip, -np.asarray(IMAGENET_MEAN_BGR, np.float32)])
-    return layer
 
 
 def two_columns() -> layers.Dense:
@@ -46,6 +34,30 @@ def two_columns() -> layers.Dense:
     layer.build((None, 1))
     layer.set_weights([np.array([[-1.0, 1.0]], np.float32), np.array([1.0, 0.0], np.float32)])
     return layer
+
+
+def mirror(size: int) -> keras.Sequential:
+    """Images flipped left to right, with standard layers only (safe to load, converts to LiteRT and ONNX): the
+    width axis moved last and multiplied by the exchange matrix, which is exact (each output is one input
+    times 1.0 plus zeros)."""
+    dense = layers.Dense(size, use_bias=False, name="exchange", trainable=False)
+    dense.build((None, size))
+    dense.set_weights([np.eye(size, dtype=np.float32)[::-1]])
+    return keras.Sequential([keras.Input((size, size, 3)), layers.Permute((1, 3, 2), name="width_last"), dense,
+                             layers.Permute((1, 3, 2), name="width_back")], name="mirror")
+
+
+def flip_tta_base(frozen: keras.Model, size: int, pooling: str, flip_tta: str) -> keras.Model:
+    """The frozen conv base on an image and on its mirror, pooled as extraction pools, combined as
+    features.combine_flips does: preprocessed images in, the head's input out."""
+    inputs = keras.Input((size, size, 3), name="preprocessed")
+    pools = {"avg": layers.GlobalAveragePooling2D, "max": layers.GlobalMaxPooling2D,
+             "flatten": lambda name: layers.Identity(name=name)}
+    both = [pools[pooling](name=f"{name}_pool")(frozen(x, training=False))
+            for name, x in (("plain", inputs), ("mirrored", mirror(size)(inputs)))]
+    combined = layers.Average(name="flip_average")(both) if flip_tta == "average" else \
+        layers.Concatenate(axis=-1, name="flip_stack")(both)
+    return keras.Model(inputs, combined, name="vgg16_flip_tta")
 
 
 def build_classifier(weights, top: keras.Model, blocks: int, n_classes: int, extract: ExtractConfig) -> keras.Model:
@@ -68,6 +80,8 @@ def build_classifier(weights, top: keras.Model, blocks: int, n_classes: int, ext
     x = vgg_preprocessing()(x)
     last_frozen = split_layer(blocks) if blocks else "block5_pool"
     frozen = build_extractor(weights, size, "flatten", extract.precision, output=last_frozen)
+    if extract.flip_tta != "none":  # the features were of each image and its mirror; `top` is the head alone
+        frozen = flip_tta_base(frozen, size, extract.pooling, extract.flip_tta)
     x = frozen(x, training=False)
     x = top(x, training=False)
     if n_classes == 2:
@@ -89,9 +103,11 @@ def load_top(finetuned: Path, head_file: Path, meta: dict):
         recipe = read_recipe(finetuned)
         top = keras.saving.load_model(finetuned / TOP_FILE, compile=False)
         return top, recipe["blocks"], "finetuned", ExtractConfig.from_mapping(recipe)
-    extract = ExtractConfig.from_mapping(meta["fingerprint"])
+    extract = ExtractConfig.from_mapping({**meta["fingerprint"], "flip_tta": meta.get("flip_tta", "none")})
     side = extract.image_size // 32
     head = keras.saving.load_model(head_file, compile=False)
+    if extract.flip_tta != "none":  # pooled and combined in build_classifier, before the head
+        return head, 0, "head", extract
     return build_top((side, side, 512), 0, extract.pooling, None, head), 0, "head", extract
 
 

@@ -20,6 +20,7 @@ from bottleneck_clf.params import PRECISIONS
 from bottleneck_clf.vgg_weights import assign, build_conv_base, read_weights
 
 META_FILE = "meta.json"
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 class ChangedImage(UserError):
@@ -43,12 +44,38 @@ def feature_code() -> tuple:
     return images, sys.modules[__name__], vgg_weights, FeatureCache
 
 
-def feature_shape(image_size: int, pooling: str) -> tuple[int, ...]:
-    """VGG16 halves the map five times; pooling keeps only the 512 channels."""
+def feature_shape(image_size: int, pooling: str, flip_tta: str = "none") -> tuple[int, ...]:
+    """VGG16 halves the map five times; pooling keeps only the 512 channels; flip_tta "stack" puts the mirrored
+    image's channels beside them."""
+    channels = 1024 if flip_tta == "stack" else 512
     if pooling == "flatten":
         side = image_size // 32
-        return (side, side, 512)
-    return (512,)
+        return (side, side, channels)
+    return (channels,)
+
+
+def combine_flips(plain: np.ndarray, mirrored: np.ndarray, flip_tta: str) -> np.ndarray:
+    """An image's features and its mirror's as one feature (extract.flip_tta): their mean, or both side by side
+    on the channel axis. export.build_classifier does the same with Keras layers."""
+    if flip_tta == "average":
+        return (plain + mirrored) * np.float32(0.5)
+    if flip_tta == "stack":
+        return np.concatenate([plain, mirrored], axis=-1)
+    raise ValueError(f"flip_tta {flip_tta!r} combines nothing")
+
+
+def vgg_preprocessing():
+    """keras.applications.vgg16.preprocess_input as a frozen 1x1 convolution (safe to load, no Lambda): for the
+    exported classifier and for fine-tuning on pixels, where the preprocessing is part of the model."""
+    import keras
+
+    layer = keras.layers.Conv2D(3, 1, name="vgg16_preprocessing", trainable=False)
+    layer.build((None, None, None, 3))
+    flip = np.zeros((1, 1, 3, 3), np.float32)
+    for channel in range(3):
+        flip[0, 0, channel, 2 - channel] = 1.0  # input RGB channel c becomes BGR channel 2 - c
+    layer.set_weights([flip, -np.asarray(IMAGENET_MEAN_BGR, np.float32)])
+    return layer
 
 
 def build_extractor(weights, image_size: int, pooling: str, precision: str = "float32", output: str | None = None):
@@ -140,8 +167,9 @@ def image_batches(paths: list[str], image_size: int, interpolation: str, batch_s
     return dataset.batch(batch_size).prefetch(2)
 
 
-def encode_batch(model, pixels: np.ndarray, batch_size: int) -> np.ndarray:
-    """float32 features of up to `batch_size` resized images (float32, n x side x side x 3), in order.
+def encode_batch(model, pixels: np.ndarray, batch_size: int, mirror: bool = False) -> np.ndarray:
+    """float32 features of up to `batch_size` resized images (float32, n x side x side x 3), in order; of the
+    images flipped left to right with `mirror` (extract.flip_tta).
 
     The batch is padded to full size so that every image goes through the same kernels whatever its
     neighbours: that keeps a cached feature bitwise equal to a fresh one, and the Ray engine's equal to this
@@ -149,6 +177,8 @@ def encode_batch(model, pixels: np.ndarray, batch_size: int) -> np.ndarray:
     """
     import keras
 
+    if mirror:
+        pixels = np.ascontiguousarray(pixels[:, :, ::-1, :])  # a copy: preprocess_input works in place
     n = len(pixels)
     if n < batch_size:
         pixels = np.concatenate([pixels, np.zeros((batch_size - n, *pixels.shape[1:]), pixels.dtype)])
@@ -162,17 +192,32 @@ def resized_pixels(data: bytes, image_size: int, interpolation: str) -> np.ndarr
 
 
 def iter_features(model, paths: list[str], image_size: int, interpolation: str, batch_size: int,
-                  digests: list[str] | None = None):
-    """float32 features of `paths`, one batch at a time, in order; ChangedImage if a file is not `digests`."""
+                  digests: list[str] | None = None, mirror: bool = False):
+    """float32 features of `paths` (mirrored: of the images flipped left to right), one batch at a time, in
+    order; ChangedImage if a file is not `digests`."""
     import tensorflow as tf
 
     changed: list[ChangedImage] = []
     try:
         for batch in image_batches(paths, image_size, interpolation, batch_size, digests, changed):
-            yield encode_batch(model, batch.numpy(), batch_size)
+            yield encode_batch(model, batch.numpy(), batch_size, mirror)
     except tf.errors.OpError:
         if changed:
             raise changed[0] from None  # the user's message, not TensorFlow's wrapper around it
+        raise
+
+
+def iter_pixels(paths: list[str], image_size: int, interpolation: str, batch_size: int, digests: list[str]):
+    """Batches of the images decoded and resized as for the features (float32), checked against `digests`."""
+    import tensorflow as tf
+
+    changed: list[ChangedImage] = []
+    try:
+        for batch in image_batches(paths, image_size, interpolation, batch_size, digests, changed):
+            yield batch.numpy()
+    except tf.errors.OpError:
+        if changed:
+            raise changed[0] from None
         raise
 
 
@@ -255,6 +300,18 @@ def model_or_encoder(engine, weights, extract: ExtractConfig, pooling: str, outp
     return None, engine.encoder(weights, extract, pooling, output)
 
 
+def mirror_encoder(model, engine, weights, extract: ExtractConfig, pooling: str):
+    """fill_features' `encode` for the images flipped left to right: `model` here, or the engine's actors."""
+    if engine is not None:
+        return engine.encoder(weights, extract, pooling, None, mirror=True)
+
+    def encode(paths: list[str], digests: list[str]):
+        return iter_features(model, paths, extract.image_size, extract.interpolation, extract.batch_size, digests,
+                             mirror=True)
+
+    return encode
+
+
 class Extractor:
     """The frozen conv base for one `extract` setting, with the feature cache of exactly that setting."""
 
@@ -265,20 +322,30 @@ class Extractor:
         self.fingerprint = fingerprint(vgg_weights.weights_digest(weights), extract)
         self.cache = FeatureCache(cache_root, self.fingerprint)
         self.model, self.encode = model_or_encoder(engine, weights, extract, extract.pooling)
-        self.shape = feature_shape(extract.image_size, extract.pooling)
+        self.shape = feature_shape(extract.image_size, extract.pooling, extract.flip_tta)
+        # The mirrored images' features: a cache of their own, so that `none` and both combinations share them.
+        self.passes = [("extract", self.cache, self.encode)]
+        if extract.flip_tta != "none":
+            self.passes.append(("extract mirrored", FeatureCache(cache_root, {**self.fingerprint, "mirror": True}),
+                                mirror_encoder(self.model, engine, weights, extract, extract.pooling)))
 
     def write_splits(self, directory: Path, splits: dict[str, list], raw: Path, classes: list[str]):
         """Features, labels and ids of each split's manifest entries, as `.npy` files in `directory`.
 
-        The cache misses of all splits are encoded in one pass (one actor pool on Ray, not one per split).
-        Returns (encoded, from cache), as `fill_features`.
+        The cache misses of all splits are encoded in one pass (one actor pool on Ray, not one per split), and
+        with extract.flip_tta in a second pass over the mirrored images.
+        Returns (encoded, from cache), as `fill_features`, summed over the passes.
         """
         files = {split: split_files(directory, split) for split in splits}
         parts = [np.lib.format.open_memmap(files[split]["features"], mode="w+", dtype=np.float32,
                                            shape=(len(entries), *self.shape)) for split, entries in splits.items()]
         every = [e for entries in splits.values() for e in entries]
-        counts = fill_features(self.model, [str(raw / e.path) for e in every], [e.sha256 for e in every],
-                               RowsOf(parts), self.cache, self.extract, desc="extract", encode=self.encode)
+        paths, digests = [str(raw / e.path) for e in every], [e.sha256 for e in every]
+        if len(self.passes) == 1:
+            counts = fill_features(self.model, paths, digests, RowsOf(parts), self.cache, self.extract,
+                                   desc="extract", encode=self.encode)
+        else:
+            counts = self._write_flips(paths, digests, parts)
         for part in parts:
             part.flush()
         del parts
@@ -286,6 +353,31 @@ class Extractor:
             np.save(files[split]["labels"], np.array([classes.index(e.label) for e in entries], np.int32))
             np.save(files[split]["ids"], np.array([e.path for e in entries], dtype=np.str_))
         return counts
+
+
+    def _write_flips(self, paths: list[str], digests: list[str], parts: list[np.ndarray]) -> tuple[int, int]:
+        """Each image's features and its mirror's (each pass through its own cache), combined into `parts`."""
+        import tempfile
+
+        single = feature_shape(self.extract.image_size, self.extract.pooling)
+        counts = np.zeros(2, np.int64)
+        with tempfile.TemporaryDirectory(prefix="extract-flips-") as scratch:
+            done = []
+            for desc, cache, encode in self.passes:
+                out = np.lib.format.open_memmap(Path(scratch) / f"{len(done)}.npy", mode="w+", dtype=np.float32,
+                                                shape=(len(paths), *single))
+                counts += fill_features(self.model, paths, digests, out, cache, self.extract, desc=desc,
+                                        encode=encode)
+                done.append(out)
+            plain, mirrored = done
+            start = 0
+            for part in parts:
+                for row in range(0, len(part), 1024):  # a block at a time: memory stays bounded
+                    rows = slice(start + row, start + min(row + 1024, len(part)))
+                    part[row:row + 1024] = combine_flips(plain[rows], mirrored[rows], self.extract.flip_tta)
+                start += len(part)
+            del plain, mirrored, done, out
+        return int(counts[0]), int(counts[1])
 
 
 class RowsOf:

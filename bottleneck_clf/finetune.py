@@ -2,8 +2,10 @@
 
 The bottleneck idea one level lower: the blocks that stay frozen are run once per image (and cached by content,
 like the features), so each epoch only costs the blocks being trained. Augmentation is therefore applied to
-the frozen blocks' feature maps, not to the pixels: a horizontal flip, a small rotation and zoom of a map
-approximate those of the image (README, "Fine-tuning").
+the frozen blocks' feature maps by default (finetune.augment: maps): a horizontal flip, a small rotation and
+zoom of a map approximate those of the image. finetune.augment: pixels applies them to the images instead and
+runs the frozen blocks inside every training step: exact, and about as slow per epoch as extracting the
+training images again (README, "Fine-tuning").
 """
 
 from __future__ import annotations
@@ -82,17 +84,37 @@ def augmentation(flip: bool, rotation: float, zoom: float, seed: int) -> keras.S
     return keras.Sequential(steps, name="augmentation")
 
 
+def pixel_frozen_blocks(weights, extract: ExtractConfig, blocks: int) -> keras.Model:
+    """Resized images (float32, as the features are decoded) -> the frozen blocks' maps, for
+    finetune.augment: pixels: VGG16's preprocessing as a layer, then the frozen blocks, none of it trainable."""
+    from bottleneck_clf.features import build_extractor, vgg_preprocessing
+
+    size = extract.image_size
+    inputs = keras.Input((size, size, 3), name="resized_image")
+    frozen = build_extractor(weights, size, "flatten", extract.precision, output=split_layer(blocks))
+    model = keras.Model(inputs, frozen(vgg_preprocessing()(inputs), training=False), name="frozen_blocks")
+    model.trainable = False
+    return model
+
+
 def finetune(fit: tuple, stop: tuple, top: keras.Model, n_classes: int, config: FinetuneConfig, seed: int,
-             callbacks: list | None = None) -> tuple[dict, int]:
+             callbacks: list | None = None, frozen: keras.Model | None = None) -> tuple[dict, int]:
     """Train `top` on (maps, labels, rows) with augmentation in front; returns (history, kept epoch).
 
-    `top` itself is trained in place and holds the kept epoch's weights afterwards.
+    With `frozen` (pixel_frozen_blocks), `fit` and `stop` hold resized images instead of maps: augmentation
+    acts on the pixels and `frozen` makes the maps in every step. `top` itself is trained in place and holds
+    the kept epoch's weights afterwards.
     """
     from bottleneck_clf.head import fit_kept, learning_rate_for, loss_for, stop_images
 
-    inputs = keras.Input(shape=top.input_shape[1:], name="frozen_maps")
     augment = augmentation(config.flip, config.rotation, config.zoom, seed)
-    model = keras.Model(inputs, top(augment(inputs)), name="finetune")
+    if frozen is None:
+        inputs = keras.Input(shape=top.input_shape[1:], name="frozen_maps")
+        maps = augment(inputs)
+    else:
+        inputs = keras.Input(shape=frozen.input_shape[1:], name="resized_image")
+        maps = frozen(augment(inputs), training=False)
+    model = keras.Model(inputs, top(maps), name="finetune")
     rate = learning_rate_for(config, stop_images(fit))
     model.compile(optimizer=keras.optimizers.SGD(rate, momentum=config.momentum),
                   loss=loss_for(n_classes, config.label_smoothing), metrics=["accuracy"])
@@ -140,6 +162,29 @@ class FrozenMaps:
         encoded, hit = fill_memmap(target, self.model, paths, digests, shape=self.shape, cache=self.cache,
                                    extract=self.extract, desc=desc, encode=self.encode)
         return np.load(target, mmap_mode="r"), encoded, hit
+
+
+def split_pixels(entries: list, split: str, raw: Path, classes: list[str], extract: ExtractConfig, scratch: Path):
+    """(resized images, labels) of one split for finetune.augment: pixels, memory-mapped from `scratch`."""
+    from tqdm import tqdm
+
+    from bottleneck_clf.features import iter_pixels
+
+    rows = [e for e in entries if e.split == split]
+    size = extract.image_size
+    pixels = np.lib.format.open_memmap(scratch / f"{split}-pixels.npy", mode="w+", dtype=np.float32,
+                                       shape=(len(rows), size, size, 3))
+    start = 0
+    with tqdm(total=len(rows), desc=f"decode {split}", unit="img", mininterval=2.0) as bar:
+        for batch in iter_pixels([str(raw / e.path) for e in rows], size, extract.interpolation,
+                                 extract.batch_size, [e.sha256 for e in rows]):
+            pixels[start:start + len(batch)] = batch
+            start += len(batch)
+            bar.update(len(batch))
+    pixels.flush()
+    print(f"finetune: {split}: {len(rows)} images decoded; the frozen blocks run in every training step "
+          "(finetune.augment: pixels)")
+    return pixels, np.array([classes.index(e.label) for e in rows], np.int32)
 
 
 def split_maps(frozen: FrozenMaps, entries: list, split: str, raw: Path, classes: list[str], scratch: Path):

@@ -23,6 +23,8 @@ BAD_IMAGE_ACTIONS = ("skip", "fail")
 PRECISIONS = ("float32", "bfloat16")
 ENGINES = ("auto", "local", "ray")
 NEAR_DUPLICATE_ACTIONS = ("keep", "one_split")
+FLIP_TTA = ("none", "average", "stack")
+AUGMENT_ON = ("maps", "pixels")
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "pooling": Choice(POOLINGS),
         "batch_size": Int(1, 1024),
         "precision": Choice(PRECISIONS),
+        "flip_tta": Choice(FLIP_TTA),
     },
     "head": {
         "units": Int(1, 65536),
@@ -155,6 +158,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "flip": Bool(),
         "rotation": Float(0.0, 0.5),
         "zoom": Float(0.0, 1.0, high_open=True),
+        "augment": Choice(AUGMENT_ON),
         "label_smoothing": Float(0.0, 0.5),
         "schedule": Choice(SCHEDULES),
     },

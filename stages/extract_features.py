@@ -31,15 +31,18 @@ def main() -> None:
             encoded, cached = extractor.write_splits(tmp, splits, paths["raw"], classes)
             counts = {split: len(rows) for split, rows in splits.items()}
             write_json(tmp / META_FILE, {"classes": classes, "counts": counts,
-                                         "feature_shape": list(extractor.shape), "fingerprint": extractor.fingerprint})
+                                         "feature_shape": list(extractor.shape), "fingerprint": extractor.fingerprint,
+                                         "flip_tta": config.extract.flip_tta})
         where = device(engine)
         if engine is not None and engine.made_on():
             record_machine(paths["machine"], "extract_features", engine.made_on())  # the nodes, not this one
     seconds = time.perf_counter() - started
-    total = sum(counts.values())
+    passes = len(extractor.passes)  # 2 with extract.flip_tta: each image and its mirror
+    total = sum(counts.values()) * passes
     rate = f", {encoded / seconds:.1f} img/s" if encoded else ""
     copies = f", {total - encoded - cached} copies of another image" if total > encoded + cached else ""
-    print(f"extract_features: {total} images: {encoded} encoded, {cached} from the cache{copies} "
+    what = f"{total // 2} images and their mirrors" if passes == 2 else f"{total} images"
+    print(f"extract_features: {what}: {encoded} encoded, {cached} from the cache{copies} "
           f"in {seconds:.1f} s{rate}; features {extractor.shape} per image -> {paths['features']} "
           f"(cache {extractor.cache.directory})\nextract_features: {where}")
 

@@ -14,6 +14,7 @@ import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import atomic_dir, write_json
 from bottleneck_clf.config import load_config
 from bottleneck_clf.dataset import MANIFEST, class_names, read_manifest
+from bottleneck_clf.errors import UserError
 from bottleneck_clf.machine import record as record_machine
 from bottleneck_clf.machine import signature as machine_signature
 from bottleneck_clf.paths import project_paths
@@ -38,7 +39,18 @@ def main() -> None:
 
     from bottleneck_clf.engine import device, local_device, open_engine
     from bottleneck_clf.feature_cache import feature_cache_dir
-    from bottleneck_clf.finetune import RECIPE_FILE, TOP_FILE, FrozenMaps, build_top, finetune, recipe, split_maps
+    from bottleneck_clf.finetune import (
+        RECIPE_FILE,
+        TOP_FILE,
+        FrozenMaps,
+        build_top,
+        finetune,
+        map_shape,
+        pixel_frozen_blocks,
+        recipe,
+        split_maps,
+        split_pixels,
+    )
     from bottleneck_clf.head import kept_message, kept_summary, seed_everything, stop_images, stopping_sets
     from bottleneck_clf.model_files import save_model
     from bottleneck_clf.vgg_weights import read_weights
@@ -51,6 +63,10 @@ def main() -> None:
         write_disabled(paths["finetuned"], paths["finetune_metrics"])
         print(f"finetune: disabled (finetune.enabled: false) -> {paths['finetuned']}")
         return
+    if config.extract.flip_tta != "none":
+        # The fine-tuned top scores single images (finetune.flip mirrors them in training instead).
+        raise UserError(f"params.yaml: extract.flip_tta is {config.extract.flip_tta!r}, which only the frozen head "
+                        "uses; set extract.flip_tta: none to fine-tune, or finetune.enabled: false")
     seed = config.base.seed
     seed_everything(seed)
     started = time.perf_counter()
@@ -58,26 +74,34 @@ def main() -> None:
     classes = class_names(entries)
     weights = read_weights(paths["weights"])
     with tempfile.TemporaryDirectory(prefix="finetune-maps-") as scratch:
-        with open_engine(config.ray) as engine:
-            frozen = FrozenMaps(weights, config.extract, settings.blocks, feature_cache_dir(), engine)
-            data = {split: split_maps(frozen, entries, split, paths["raw"], classes, Path(scratch))
+        frozen_blocks = None  # maps: the frozen blocks ran once per image, before training
+        if settings.augment == "pixels":
+            data = {split: split_pixels(entries, split, paths["raw"], classes, config.extract, Path(scratch))
                     for split in ("train", "validation")}
-            print(f"finetune: frozen blocks: {device(engine)}; training: {local_device()}")
-            if engine is not None and engine.made_on() and engine.made_on() != machine_signature():
-                # Maps from other machines and training here: no single machine made these floats.
-                record_machine(paths["machine"], "finetune",
-                               {**machine_signature(), "cpu": {"nodes": [engine.made_on()["cpu"],
-                                                                        machine_signature()["cpu"]]}})
-        del frozen
+            frozen_blocks = pixel_frozen_blocks(weights, config.extract, settings.blocks)
+            print(f"finetune: frozen blocks and training: {local_device()} (inside each step: not on Ray)")
+        else:
+            with open_engine(config.ray) as engine:
+                frozen = FrozenMaps(weights, config.extract, settings.blocks, feature_cache_dir(), engine)
+                data = {split: split_maps(frozen, entries, split, paths["raw"], classes, Path(scratch))
+                        for split in ("train", "validation")}
+                print(f"finetune: frozen blocks: {device(engine)}; training: {local_device()}")
+                if engine is not None and engine.made_on() and engine.made_on() != machine_signature():
+                    # Maps from other machines and training here: no single machine made these floats.
+                    record_machine(paths["machine"], "finetune",
+                                   {**machine_signature(), "cpu": {"nodes": [engine.made_on()["cpu"],
+                                                                            machine_signature()["cpu"]]}})
+            del frozen
         prepared = time.perf_counter() - started
         # The same images to stop on as train_head's (same labels, fraction and seed).
         fit, stop, stop_name = stopping_sets(data["train"], data["validation"], any(e.split == "test" for e in entries),
                                              config.head.early_stopping_fraction, seed)
         head = keras.saving.load_model(paths["model"], compile=False)
-        frozen_shape = data["train"][0].shape[1:]
+        frozen_shape = map_shape(config.extract.image_size, settings.blocks)
         top = build_top(frozen_shape, settings.blocks, config.extract.pooling, weights, head)
         live = Live(str(paths["finetune_metrics"]), dvcyaml=False, save_dvc_exp=False)
-        history, kept = finetune(fit, stop, top, len(classes), settings, seed, callbacks=[DVCLiveCallback(live=live)])
+        history, kept = finetune(fit, stop, top, len(classes), settings, seed, callbacks=[DVCLiveCallback(live=live)],
+                                 frozen=frozen_blocks)
         stopped_on = stop_images(stop)
         del fit, stop
         data.clear()
@@ -85,7 +109,7 @@ def main() -> None:
         save_model(top, tmp / TOP_FILE)
         write_json(tmp / RECIPE_FILE, {**recipe(config.extract, settings.blocks), "input_shape": list(frozen_shape),
                                        "classes": classes})
-    summary = {"enabled": True, **kept_summary(history, kept, stopped_on)}
+    summary = {"enabled": True, "augment": settings.augment, **kept_summary(history, kept, stopped_on)}
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's.
     write_json(paths["finetune_metrics"] / "metrics.json", summary)
     seconds = time.perf_counter() - started

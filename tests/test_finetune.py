@@ -99,3 +99,34 @@ def test_head_of_three_classes_fits_on_top():
             for name, cin, cout in __import__("bottleneck_clf.vgg_weights", fromlist=["x"]).VGG16_CONV_LAYERS}
     top = build_top((4, 4, 512), 1, "max", conv, build_head((512,), 3, 4, 0.0))
     assert top.output_shape == (None, 3)
+
+
+def test_pixel_frozen_blocks_give_the_cached_maps(tiny_weights):
+    """finetune.augment: pixels runs the frozen blocks inside training: the maps of the cached path, to round-off."""
+    from bottleneck_clf.config import ExtractConfig
+    from bottleneck_clf.features import encode_batch
+    from bottleneck_clf.finetune import pixel_frozen_blocks
+
+    extract = ExtractConfig(image_size=32, interpolation="bilinear", pooling="avg", batch_size=8, precision="float32")
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    model = pixel_frozen_blocks(read_weights(tiny_weights), extract, 1)
+    expected = encode_batch(build_extractor(tiny_weights, 32, "flatten", output=split_layer(1)), pixels.copy(), 8)
+    np.testing.assert_allclose(np.asarray(model(pixels)), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    assert not model.trainable_weights
+
+
+def test_pixel_augmentation_trains_the_top_on_images(project, capsys):
+    make_class_folders(project / "data/raw", per_class=8)
+    update_params(project, {"finetune": {"enabled": True, "augment": "pixels"}})
+    run_until_head()
+    finetune.main()
+    out = capsys.readouterr().out
+    assert "images decoded; the frozen blocks run in every training step" in out
+    assert "through the frozen blocks" not in out  # no cached maps in this mode
+    metrics = json.loads((project / "metrics/finetune/metrics.json").read_text())
+    assert metrics["enabled"] is True and metrics["augment"] == "pixels"
+    top = keras.saving.load_model(project / "data/models/finetuned/model.keras")
+    original = read_weights(project / "data/weights/vgg16_notop.weights.h5")
+    assert not np.array_equal(top.get_layer("block5_conv1").get_weights()[0], original["block5_conv1"][0])
+    evaluate.main()
+    assert json.loads((project / "metrics/eval/metrics.json").read_text())["model"] == "finetuned"

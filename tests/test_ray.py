@@ -108,6 +108,16 @@ def test_ray_features_equal_local_and_only_misses_go_to_the_cluster(project, on_
     run_extract(capsys)
     assert_bitwise_equal(with_new, features(project))
 
+    # Mirrored images (extract.flip_tta): the actors' features equal this process's too.
+    update_params(project, {"extract": {"flip_tta": "stack"}, "ray": {"engine": "ray"}})
+    out = run_extract(capsys)
+    assert encoded(out) == 28 and "28 from the cache" in out, out  # the mirrors only
+    on_ray = features(project)
+    shutil.rmtree(feature_cache)
+    update_params(project, {"ray": {"engine": "local"}})
+    run_extract(capsys)
+    assert_bitwise_equal(on_ray, features(project))
+
 
 def test_a_killed_actor_is_retried_and_the_features_are_the_same(project, on_cluster, feature_cache, capsys):
     make_class_folders(project / "data/raw", per_class=30)
