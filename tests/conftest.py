@@ -132,12 +132,18 @@ def link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def tiny_project(root: Path, tiny_weights: Path) -> Path:
+    """A copy of the project at `root` with tiny params and random weights."""
+    copy_project(root)
+    link_or_copy(tiny_weights, root / "data/weights/user/random.weights.h5")
+    update_params(root, {**TINY_PARAMS, "weights": {"source": "data/weights/user/random.weights.h5"}})
+    return root
+
+
 @pytest.fixture
 def project(tmp_path, tiny_weights, monkeypatch) -> Path:
     """A copy of the project with tiny params and random weights, as the working directory."""
-    root = copy_project(tmp_path / "project")
-    link_or_copy(tiny_weights, root / "data/weights/user/random.weights.h5")
-    update_params(root, {**TINY_PARAMS, "weights": {"source": "data/weights/user/random.weights.h5"}})
+    root = tiny_project(tmp_path / "project", tiny_weights)
     monkeypatch.chdir(root)
     return root
 
@@ -154,14 +160,28 @@ def dvc(root: Path, *args: str, check: bool = True, env: dict | None = None) -> 
     return result
 
 
+def make_repo(root: Path) -> Path:
+    """`root` as a real git + DVC repository with one commit."""
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.email", "tests@example.com")
+    git(root, "config", "user.name", "tests")
+    dvc(root, "init", "-q")
+    dvc(root, "config", "core.autostage", "true")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "project")
+    return root
+
+
+def copy_repo(template: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A private copy of a repository built once per session (git history, DVC cache, outputs and all), as the
+    working directory: tests that start from the same expensive `dvc repro` share it instead of rerunning it."""
+    root = tmp_path / "project"
+    shutil.copytree(template, root, symlinks=True)
+    monkeypatch.chdir(root)
+    return root
+
+
 @pytest.fixture
 def dvc_repo(project) -> Path:
     """The project copy as a real git + DVC repository with one commit."""
-    git(project, "init", "-q", "-b", "main")
-    git(project, "config", "user.email", "tests@example.com")
-    git(project, "config", "user.name", "tests")
-    dvc(project, "init", "-q")
-    dvc(project, "config", "core.autostage", "true")
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "project")
-    return project
+    return make_repo(project)

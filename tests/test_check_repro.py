@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import dvc, git, update_params, write_image
+from conftest import copy_repo, dvc, git, make_repo, tiny_project, update_params, write_image
 
 from bottleneck_clf import repro_check
 from bottleneck_clf.cli import run_command
@@ -15,34 +15,55 @@ from bottleneck_clf.demo import write_demo_set
 pytestmark = pytest.mark.slow
 
 
-def committed_demo_run(repo) -> None:
-    write_demo_set()  # the defaults, which check-repro regenerates
-    dvc(repo, "repro")
+def committed_demo_run(repo, env: dict | None = None) -> None:
+    write_demo_set(repo / "data/raw")  # the defaults, which check-repro regenerates
+    dvc(repo, "repro", env=env)
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "demo run: dvc.lock and metrics")
 
 
-def test_two_cold_runs_in_two_clones_are_identical(dvc_repo, tmp_path):
-    results = []
-    for name in ("first", "second"):
-        clone = tmp_path / name
-        subprocess.run(["git", "clone", "-q", str(dvc_repo), str(clone)], check=True)
-        subprocess.run(["python", "-m", "bottleneck_clf", "demo"], cwd=clone, check=True, capture_output=True)
-        # each clone encodes every image itself: a shared feature cache would hide a difference
-        dvc(clone, "repro", env={"BOTTLENECK_FEATURE_CACHE": str(tmp_path / f"{name}-cache")})
-        results.append({
-            "lock": (clone / "dvc.lock").read_text(),
-            "metrics": (clone / "metrics/eval/metrics.json").read_text(),
-            "predictions": (clone / "metrics/eval/predictions.csv").read_text(),
-        })
-    first, second = results
-    assert first["lock"] == second["lock"]  # every dependency and output hash, features and model included
-    assert first["metrics"] == second["metrics"]
-    assert first["predictions"] == second["predictions"]
+# A committed demo run costs a whole `dvc repro`; the tests that start from one each get a copy of the same
+# repository (git history, DVC cache and all) instead of running it again.
+@pytest.fixture(scope="session")
+def demo_run_template(tmp_path_factory, tiny_weights):
+    root = make_repo(tiny_project(tmp_path_factory.mktemp("demo-run") / "project", tiny_weights))
+    cache = {"BOTTLENECK_FEATURE_CACHE": str(root.parent / "feature-cache")}
+    committed_demo_run(root, env=cache)
+    return root
 
 
-def test_clean_checkout_passes_and_regenerates_demo(dvc_repo, capsys):
-    committed_demo_run(dvc_repo)
+@pytest.fixture(scope="session")
+def other_cpu_template(tmp_path_factory, tiny_weights):
+    root = make_repo(tiny_project(tmp_path_factory.mktemp("other-cpu-run") / "project", tiny_weights))
+    cache = {"BOTTLENECK_FEATURE_CACHE": str(root.parent / "feature-cache")}
+    commit_run_from_other_cpu(root, env=cache)
+    return root
+
+
+@pytest.fixture
+def demo_run_repo(demo_run_template, tmp_path, monkeypatch):
+    return copy_repo(demo_run_template, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def other_cpu_repo(other_cpu_template, tmp_path, monkeypatch):
+    return copy_repo(other_cpu_template, tmp_path, monkeypatch)
+
+
+def test_two_cold_runs_in_two_clones_are_identical(demo_run_template, tmp_path):
+    """The committed demo run (a cold run, its own feature cache) against a second cold run in a fresh clone."""
+    clone = tmp_path / "second"
+    subprocess.run(["git", "clone", "-q", str(demo_run_template), str(clone)], check=True)
+    subprocess.run(["python", "-m", "bottleneck_clf", "demo"], cwd=clone, check=True, capture_output=True)
+    # -f: every stage runs, even one whose committed outputs its rebuilt inputs would leave standing; its own
+    # empty feature cache: a shared one would hide a difference
+    dvc(clone, "repro", "-f", env={"BOTTLENECK_FEATURE_CACHE": str(tmp_path / "second-cache")})
+    for name in ("dvc.lock", "metrics/eval/metrics.json", "metrics/eval/predictions.csv"):
+        # dvc.lock: every dependency and output hash, features and model included
+        assert (clone / name).read_text() == (demo_run_template / name).read_text(), name
+
+
+def test_clean_checkout_passes_and_regenerates_demo(demo_run_repo, capsys):
     subprocess.run(["rm", "-rf", "data/raw", "data/features", "data/prepared", "data/models"], check=True)
     assert run_command(["check-repro"]) == 0
     out = capsys.readouterr().out
@@ -51,8 +72,8 @@ def test_clean_checkout_passes_and_regenerates_demo(dvc_repo, capsys):
     assert "check-repro: OK, HEAD reproduces: output hashes and metrics exactly" in out
 
 
-def test_param_changed_without_repro(dvc_repo, capsys):
-    committed_demo_run(dvc_repo)
+def test_param_changed_without_repro(demo_run_repo, capsys):
+    dvc_repo = demo_run_repo
     update_params(dvc_repo, {"head": {"dropout": 0.3}})
     assert run_command(["check-repro"]) == 1
     out = capsys.readouterr().out
@@ -60,8 +81,8 @@ def test_param_changed_without_repro(dvc_repo, capsys):
     assert "check-repro: FAILED" in out
 
 
-def test_data_changed_without_repro(dvc_repo, capsys):
-    committed_demo_run(dvc_repo)
+def test_data_changed_without_repro(demo_run_repo, capsys):
+    dvc_repo = demo_run_repo
     write_image(dvc_repo / "data/raw/3/000.png", (1, 2, 3), seed=5)
     assert run_command(["check-repro"]) == 1
     out = capsys.readouterr().out
@@ -78,8 +99,8 @@ def publish_wrong_accuracy(repo) -> None:
     git(repo, "commit", "-q", "-am", "edit the published accuracy")
 
 
-def test_metric_drift_past_tolerance(dvc_repo, capsys):
-    committed_demo_run(dvc_repo)
+def test_metric_drift_past_tolerance(demo_run_repo, capsys):
+    dvc_repo = demo_run_repo
     publish_wrong_accuracy(dvc_repo)
 
     assert run_command(["check-repro", "--tolerance", "0.01"]) == 1
@@ -113,14 +134,14 @@ ZEN3 = {"vendor": "AuthenticAMD", "model_name": "AMD EPYC 7B13", "family": "25",
         "flags": ["avx2", "fma"], "cores": 2}
 
 
-def commit_run_from_other_cpu(repo) -> None:
+def commit_run_from_other_cpu(repo, env: dict | None = None) -> None:
     """Commit a demo run whose floats really differ from this machine's, recorded as made on a Zen 3.
 
     TensorFlow's own (Eigen) kernels instead of oneDNN's round differently, as another CPU's kernels do;
     the committed records then name an AVX2-only CPU, as a lock written on one would.
     """
-    write_demo_set()
-    dvc(repo, "repro", env={"TF_ENABLE_ONEDNN_OPTS": "0"})
+    write_demo_set(repo / "data/raw")
+    dvc(repo, "repro", env={**(env or {}), "TF_ENABLE_ONEDNN_OPTS": "0"})
     for record in (repo / "metrics/machine").glob("*.json"):
         data = json.loads(record.read_text())
         data["cpu"] = ZEN3
@@ -136,8 +157,8 @@ def clean_checkout(repo) -> None:
     subprocess.run(["rm", "-rf", "data/raw", "data/features", "data/prepared", "data/models"], cwd=repo, check=True)
 
 
-def test_lock_from_another_cpu_compares_metrics_and_passes_on_round_off(dvc_repo, capsys):
-    commit_run_from_other_cpu(dvc_repo)
+def test_lock_from_another_cpu_compares_metrics_and_passes_on_round_off(other_cpu_repo, capsys):
+    dvc_repo = other_cpu_repo
     clean_checkout(dvc_repo)
 
     assert run_command(["check-repro"]) == 0
@@ -155,8 +176,8 @@ def test_lock_from_another_cpu_compares_metrics_and_passes_on_round_off(dvc_repo
     assert "output differs: stage 'prepare'" not in out and "output differs: stage 'weights'" not in out
 
 
-def test_real_regressions_fail_when_comparing_metrics(dvc_repo, capsys):
-    commit_run_from_other_cpu(dvc_repo)
+def test_real_regressions_fail_when_comparing_metrics(other_cpu_repo, capsys):
+    dvc_repo = other_cpu_repo
     publish_wrong_accuracy(dvc_repo)
 
     assert run_command(["check-repro"]) == 1

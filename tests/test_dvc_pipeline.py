@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import dvc, git, make_class_folders, update_params, write_image
+from conftest import copy_repo, dvc, git, make_class_folders, make_repo, tiny_project, update_params, write_image
 
 pytestmark = pytest.mark.slow
 ALL_STAGES = {"weights", "prepare", "extract_features", "train_head", "finetune", "evaluate", "export", "audit"}
@@ -22,6 +22,21 @@ def repro(repo) -> set[str]:
 def commit(repo, message: str) -> None:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", message)
+
+
+@pytest.fixture(scope="session")
+def first_run_template(tmp_path_factory, tiny_weights):
+    """Ten images a class, reproduced and committed once for the tests below that start there."""
+    root = make_repo(tiny_project(tmp_path_factory.mktemp("first-run") / "project", tiny_weights))
+    make_class_folders(root / "data/raw", per_class=10)
+    dvc(root, "repro", env={"BOTTLENECK_FEATURE_CACHE": str(root.parent / "feature-cache")})
+    commit(root, "first run")
+    return root
+
+
+@pytest.fixture
+def first_run(first_run_template, tmp_path, monkeypatch):
+    return copy_repo(first_run_template, tmp_path, monkeypatch)
 
 
 def test_reruns_only_what_a_change_touches(dvc_repo, tiny_weights):
@@ -62,11 +77,8 @@ def test_reruns_only_what_a_change_touches(dvc_repo, tiny_weights):
     assert repro(repo) == set()
 
 
-def test_finetune_switched_on_never_reruns_vgg_stages(dvc_repo):
-    repo = dvc_repo
-    make_class_folders(repo / "data/raw", per_class=10)
-    repro(repo)
-    commit(repo, "head only")
+def test_finetune_switched_on_never_reruns_vgg_stages(first_run):
+    repo = first_run
     update_params(repo, {"finetune": {"enabled": True}})
     assert repro(repo) == AFTER_HEAD
     assert json.loads((repo / "metrics/eval/metrics.json").read_text())["model"] == "finetuned"
@@ -77,10 +89,8 @@ def test_finetune_switched_on_never_reruns_vgg_stages(dvc_repo):
     assert repro(repo) == AFTER_HEAD
 
 
-def test_gallery_is_a_declared_plot(dvc_repo):
-    repo = dvc_repo
-    make_class_folders(repo / "data/raw", per_class=10)
-    repro(repo)
+def test_gallery_is_a_declared_plot(first_run):
+    repo = first_run
     gallery = repo / "metrics/eval/plots/misclassified.png"
     assert gallery.read_bytes().startswith(b"\x89PNG")
     shown = dvc(repo, "plots", "show", "--json").stdout
@@ -88,18 +98,14 @@ def test_gallery_is_a_declared_plot(dvc_repo):
     assert "metrics/audit/plots/label_issues.png" in shown and "metrics/audit/plots/near_duplicates.png" in shown
     audit = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
     assert "near_duplicates" in json.dumps(audit) and "metrics/audit/metrics.json" in json.dumps(audit)
-    commit(repo, "first run")
     update_params(repo, {"evaluate": {"gallery_size": 1}})
     repro(repo)
     diffed = dvc(repo, "plots", "diff", "HEAD", "--json").stdout
     assert diffed.count("misclassified.png") >= 2  # one image per revision: HEAD and the workspace
 
 
-def test_exp_run_and_show_list_both_runs(dvc_repo):
-    repo = dvc_repo
-    make_class_folders(repo / "data/raw", per_class=10)
-    dvc(repo, "repro")
-    commit(repo, "baseline")
+def test_exp_run_and_show_list_both_runs(first_run):
+    repo = first_run
     dvc(repo, "exp", "run", "-S", "head.dropout=0.3", "-n", "dropout-03")
     shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     # The first row is the workspace; then the baseline commit, which carries its experiments.
