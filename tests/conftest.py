@@ -172,6 +172,14 @@ def make_repo(root: Path) -> Path:
     return root
 
 
+def repo_template(tmp_path_factory, tiny_weights: Path, name: str, build) -> Path:
+    """A tiny project repository that `build(root, env)` brings to a state several tests start from, built once
+    per session with its own feature cache (`env`); each test then works on a `copy_repo` of it."""
+    root = make_repo(tiny_project(tmp_path_factory.mktemp(name) / "project", tiny_weights))
+    build(root, {"BOTTLENECK_FEATURE_CACHE": str(root.parent / "feature-cache")})
+    return root
+
+
 def copy_repo(template: Path, tmp_path: Path, monkeypatch) -> Path:
     """A private copy of a repository built once per session (git history, DVC cache, outputs and all), as the
     working directory: tests that start from the same expensive `dvc repro` share it instead of rerunning it."""

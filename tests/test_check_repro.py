@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import copy_repo, dvc, git, make_repo, tiny_project, update_params, write_image
+from conftest import copy_repo, dvc, git, repo_template, update_params, write_image
 
 from bottleneck_clf import repro_check
 from bottleneck_clf.cli import run_command
@@ -26,18 +26,12 @@ def committed_demo_run(repo, env: dict | None = None) -> None:
 # repository (git history, DVC cache and all) instead of running it again.
 @pytest.fixture(scope="session")
 def demo_run_template(tmp_path_factory, tiny_weights):
-    root = make_repo(tiny_project(tmp_path_factory.mktemp("demo-run") / "project", tiny_weights))
-    cache = {"BOTTLENECK_FEATURE_CACHE": str(root.parent / "feature-cache")}
-    committed_demo_run(root, env=cache)
-    return root
+    return repo_template(tmp_path_factory, tiny_weights, "demo-run", committed_demo_run)
 
 
 @pytest.fixture(scope="session")
 def other_cpu_template(tmp_path_factory, tiny_weights):
-    root = make_repo(tiny_project(tmp_path_factory.mktemp("other-cpu-run") / "project", tiny_weights))
-    cache = {"BOTTLENECK_FEATURE_CACHE": str(root.parent / "feature-cache")}
-    commit_run_from_other_cpu(root, env=cache)
-    return root
+    return repo_template(tmp_path_factory, tiny_weights, "other-cpu-run", commit_run_from_other_cpu)
 
 
 @pytest.fixture

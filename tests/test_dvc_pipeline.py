@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import copy_repo, dvc, git, make_class_folders, make_repo, tiny_project, update_params, write_image
+from conftest import copy_repo, dvc, git, make_class_folders, repo_template, update_params, write_image
 
 pytestmark = pytest.mark.slow
 ALL_STAGES = {"weights", "prepare", "extract_features", "train_head", "finetune", "evaluate", "export", "audit"}
@@ -27,11 +27,13 @@ def commit(repo, message: str) -> None:
 @pytest.fixture(scope="session")
 def first_run_template(tmp_path_factory, tiny_weights):
     """Ten images a class, reproduced and committed once for the tests below that start there."""
-    root = make_repo(tiny_project(tmp_path_factory.mktemp("first-run") / "project", tiny_weights))
-    make_class_folders(root / "data/raw", per_class=10)
-    dvc(root, "repro", env={"BOTTLENECK_FEATURE_CACHE": str(root.parent / "feature-cache")})
-    commit(root, "first run")
-    return root
+
+    def first_run(root, env):
+        make_class_folders(root / "data/raw", per_class=10)
+        dvc(root, "repro", env=env)
+        commit(root, "first run")
+
+    return repo_template(tmp_path_factory, tiny_weights, "first-run", first_run)
 
 
 @pytest.fixture
