@@ -36,14 +36,14 @@ from project_copy import copy_project  # noqa: E402
 # (row name, the -S settings): one queued experiment each.
 LEVERS = {
     "head": [
-        ("head: no batch normalisation (the default before the sweep)", ["head.batch_norm=false"]),
+        ("head: batch normalisation", ["head.batch_norm=true"]),
         ("head: L2 1e-4", ["head.l2=0.0001"]),
         ("head: label smoothing 0.1", ["head.label_smoothing=0.1"]),
         ("head: cosine schedule", ["head.schedule=cosine"]),
         ("head: reduce on plateau", ["head.schedule=plateau"]),
         ("flip TTA, averaged", ["extract.flip_tta=average"]),
         ("flip TTA, stacked", ["extract.flip_tta=stack"]),
-        ("flip TTA averaged, no batch normalisation", ["head.batch_norm=false", "extract.flip_tta=average"]),
+        ("batch normalisation + flip TTA averaged", ["head.batch_norm=true", "extract.flip_tta=average"]),
         # README "Parameters": the 2016 recipe, one override away.
         ("2016 recipe (150 px, flatten, RMSprop)",
          ["extract.image_size=150", "extract.pooling=flatten", "head.optimizer=rmsprop", "head.batch_size=16",
