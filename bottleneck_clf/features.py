@@ -195,20 +195,14 @@ def iter_features(model, paths: list[str], image_size: int, interpolation: str, 
                   digests: list[str] | None = None, mirror: bool = False):
     """float32 features of `paths` (mirrored: of the images flipped left to right), one batch at a time, in
     order; ChangedImage if a file is not `digests`."""
-    import tensorflow as tf
-
-    changed: list[ChangedImage] = []
-    try:
-        for batch in image_batches(paths, image_size, interpolation, batch_size, digests, changed):
-            yield encode_batch(model, batch.numpy(), batch_size, mirror)
-    except tf.errors.OpError:
-        if changed:
-            raise changed[0] from None  # the user's message, not TensorFlow's wrapper around it
-        raise
+    for pixels in iter_pixels(paths, image_size, interpolation, batch_size, digests):
+        yield encode_batch(model, pixels, batch_size, mirror)
 
 
-def iter_pixels(paths: list[str], image_size: int, interpolation: str, batch_size: int, digests: list[str]):
-    """Batches of the images decoded and resized as for the features (float32), checked against `digests`."""
+def iter_pixels(paths: list[str], image_size: int, interpolation: str, batch_size: int,
+                digests: list[str] | None = None):
+    """Batches of the images decoded and resized as for the features (float32), checked against `digests`;
+    ChangedImage if a file is not `digests`."""
     import tensorflow as tf
 
     changed: list[ChangedImage] = []
@@ -217,7 +211,7 @@ def iter_pixels(paths: list[str], image_size: int, interpolation: str, batch_siz
             yield batch.numpy()
     except tf.errors.OpError:
         if changed:
-            raise changed[0] from None
+            raise changed[0] from None  # the user's message, not TensorFlow's wrapper around it
         raise
 
 
@@ -353,7 +347,6 @@ class Extractor:
             np.save(files[split]["labels"], np.array([classes.index(e.label) for e in entries], np.int32))
             np.save(files[split]["ids"], np.array([e.path for e in entries], dtype=np.str_))
         return counts
-
 
     def _write_flips(self, paths: list[str], digests: list[str], parts: list[np.ndarray]) -> tuple[int, int]:
         """Each image's features and its mirror's (each pass through its own cache), combined into `parts`."""
