@@ -11,8 +11,10 @@ interval, log loss, and the wall time its experiment took on this machine. Wall 
 the experiments' finishing times, so they are per experiment only with --jobs 1 (the default).
 
 Groups: head (minutes: every head lever on the cached features), size (image size 256 and 288: new features,
-~1.3x and ~1.7x the 224 px extraction), finetune (one and two blocks, smoothing and cosine: the frozen-block
-maps once, then minutes per epoch), all. The 2016 recipe is a row of the head group.
+~1.3x and ~1.7x the 224 px extraction), defaults (288 px and batch normalisation, alone, together and under a
+second seed: the candidates for params.yaml, run on every data set), finetune (one and two blocks, smoothing
+and cosine, pixel-level augmentation: the frozen-block maps once, then minutes per epoch), all. The 2016
+recipe is a row of the head group.
 """
 
 from __future__ import annotations
@@ -52,6 +54,16 @@ LEVERS = {
     "size": [
         ("image size 256, average pooling", ["extract.image_size=256"]),
         ("image size 288, average pooling", ["extract.image_size=288"]),
+    ],
+    # The candidates for new defaults, each also under a second seed (the early-stopping slice, the head's
+    # initialisation and, with prepare's own split, the split itself move with it).
+    "defaults": [
+        ("image size 288", ["extract.image_size=288"]),
+        ("head: batch normalisation", ["head.batch_norm=true"]),
+        ("image size 288 + batch normalisation", ["extract.image_size=288", "head.batch_norm=true"]),
+        ("seed 7: default", ["base.seed=7"]),
+        ("seed 7: image size 288 + batch normalisation",
+         ["base.seed=7", "extract.image_size=288", "head.batch_norm=true"]),
     ],
     "finetune": [
         ("fine-tune block 5", ["finetune.enabled=true"]),

@@ -79,3 +79,20 @@ def test_schedules_move_the_learning_rate():
     assert float(rate) < 1e-4, "cosine decays to about 0 by the last epoch"
     _, history, _ = train(2, schedule="plateau", learning_rate=0.01, patience=2, epochs=30)
     assert min(history["learning_rate"]) < 0.01, history["learning_rate"]
+
+
+@pytest.mark.parametrize("patience", [0, 3], ids=["last-epoch", "early-stopped"])
+def test_batch_norm_statistics_are_the_fitted_rows_own(patience):
+    """The saved head's moving mean and variance are the exact statistics of the BN input over the fitted
+    rows (head.PreciseBatchNorm), not Keras' lagging moving average: on 3 steps an epoch they would differ."""
+    seed_everything(0)
+    config = dataclasses.replace(BASE, units=16, epochs=6, batch_size=32, patience=patience, batch_norm=True)
+    fit, stop, _ = stopping_sets(separable(2, per_class=50), separable(2, per_class=10, seed=1), True, 0.1, 0)
+    model, _, _ = train_head(fit, stop, 2, config, 0)
+    hidden = np.asarray(keras.Model(model.inputs, model.get_layer("dense").output).predict_on_batch(fit[0]),
+                        np.float64)
+    norm = model.get_layer("batch_norm")
+    np.testing.assert_allclose(np.asarray(norm.moving_mean), hidden.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(norm.moving_variance), hidden.var(0), rtol=1e-4, atol=1e-5)
+    # Keras' own moving average starts at mean 0, variance 1 and moves 1 % a step: far from these.
+    assert np.abs(hidden.mean(0)).max() > 0.1 or np.abs(hidden.var(0) - 1).max() > 0.1
