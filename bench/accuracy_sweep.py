@@ -12,7 +12,7 @@ the experiments' finishing times, so they are per experiment only with --jobs 1 
 
 Groups: head (minutes: every head lever on the cached features), size (image size 256 and 288: new features,
 ~1.3x and ~1.7x the 224 px extraction), defaults (288 px and batch normalisation, alone, together and under a
-second seed: the candidates for params.yaml, run on every data set), finetune (one and two blocks, smoothing
+second seed: the candidates for params.yaml, run on every data set), flip (flip TTA rows only), finetune (one and two blocks, smoothing
 and cosine, pixel-level augmentation: the frozen-block maps once, then minutes per epoch), all. The 2016
 recipe is a row of the head group.
 """
@@ -64,6 +64,12 @@ LEVERS = {
         ("seed 7: default", ["base.seed=7"]),
         ("seed 7: image size 288 + batch normalisation",
          ["base.seed=7", "extract.image_size=288", "head.batch_norm=true"]),
+    ],
+    # Flip test-time augmentation alone (it is also in the head group), for data sets swept before it existed.
+    "flip": [
+        ("flip TTA, averaged", ["extract.flip_tta=average"]),
+        ("flip TTA, stacked", ["extract.flip_tta=stack"]),
+        ("batch normalisation + flip TTA averaged", ["head.batch_norm=true", "extract.flip_tta=average"]),
     ],
     "finetune": [
         ("fine-tune block 5", ["finetune.enabled=true"]),

@@ -65,6 +65,12 @@ def build_top(input_shape: tuple[int, ...], blocks: int, pooling: str, weights, 
         x = layers.GlobalMaxPooling2D(name="max_pool")(x)
     elif pooling != "flatten":
         raise UserError(f"unknown pooling {pooling!r}; valid choices: flatten, avg, max")
+    # A head's batch normalisation keeps the statistics train_head measured (Keras: a BatchNormalization that
+    # is not trainable runs in inference mode): updated from batches of augmented maps while the blocks below
+    # move, they would lag as they did before head.PreciseBatchNorm (Keras' fine-tuning guide does the same).
+    for layer in head.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
     outputs = head(x)
     model = keras.Model(inputs, outputs, name=TOP_NAME)
     for name in trained_layers(blocks) if blocks else []:

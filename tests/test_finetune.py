@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import keras
@@ -99,6 +100,32 @@ def test_head_of_three_classes_fits_on_top():
             for name, cin, cout in __import__("bottleneck_clf.vgg_weights", fromlist=["x"]).VGG16_CONV_LAYERS}
     top = build_top((4, 4, 512), 1, "max", conv, build_head((512,), 3, 4, 0.0))
     assert top.output_shape == (None, 3)
+
+
+def test_head_batch_norm_keeps_its_statistics_while_fine_tuning():
+    """Fine-tuning trains the blocks and the head's Dense layers, never its BatchNormalization (which runs in
+    inference mode with the statistics train_head measured)."""
+    from conftest import ROOT
+
+    from bottleneck_clf.config import load_config
+    from bottleneck_clf.finetune import finetune
+    from bottleneck_clf.vgg_weights import VGG16_CONV_LAYERS
+
+    rng = np.random.default_rng(0)
+    conv = {name: (rng.normal(0, 0.05, (3, 3, cin, cout)).astype(np.float32), np.zeros(cout, np.float32))
+            for name, cin, cout in VGG16_CONV_LAYERS}
+    head = build_head((512,), 2, 8, 0.0, batch_norm=True)
+    norm = head.get_layer("batch_norm")
+    norm.moving_mean.assign(np.full(8, 0.5, np.float32))
+    before = [np.array(w) for w in norm.weights]
+    top = build_top((4, 4, 512), 1, "avg", conv, head)
+    maps, labels = rng.random((16, 4, 4, 512)).astype(np.float32), np.arange(16) % 2
+    config = dataclasses.replace(load_config(ROOT / "params.yaml").finetune, epochs=2, batch_size=8, patience=0)
+    dense_before = np.array(head.get_layer("dense").kernel)
+    finetune((maps, labels, None), (maps, labels, None), top, 2, config, 0)
+    for old, new in zip(before, norm.weights, strict=True):
+        np.testing.assert_array_equal(old, np.array(new))
+    assert not np.array_equal(dense_before, np.array(head.get_layer("dense").kernel)), "the head still trains"
 
 
 def test_pixel_frozen_blocks_give_the_cached_maps(tiny_weights):
