@@ -12,9 +12,9 @@ the experiments' finishing times, so they are per experiment only with --jobs 1 
 
 Groups: head (minutes: every head lever on the cached features), size (image size 256 and 288: new features,
 ~1.3x and ~1.7x the 224 px extraction), defaults (288 px and batch normalisation, alone, together and under a
-second seed: the candidates for params.yaml, run on every data set), flip (flip TTA rows only), finetune (one and two blocks, smoothing
-and cosine, pixel-level augmentation: the frozen-block maps once, then minutes per epoch), all. The 2016
-recipe is a row of the head group.
+second seed: the candidates for params.yaml, run on every data set), flip (the flip TTA rows alone),
+finetune (one and two blocks, smoothing and cosine, pixel-level augmentation: the frozen-block maps once,
+then minutes per epoch), all. The 2016 recipe is a row of the head group.
 """
 
 from __future__ import annotations
