@@ -122,6 +122,8 @@ def rows_from(repo: Path) -> list[dict]:
     shown = json.loads(sh(["dvc", "exp", "show", "--json", "--all-commits"], repo))
     rows = []
     for commit in shown:
+        if commit.get("rev") == "workspace":  # the baseline commit's files, again
+            continue
         for exp in [commit, *[e for group in commit.get("experiments") or [] for e in group.get("revs", [])]]:
             data = exp.get("data") or {}
             metrics = {"metrics": data.get("metrics", {})}
@@ -130,6 +132,7 @@ def rows_from(repo: Path) -> list[dict]:
                 continue
             rows.append({
                 "name": exp.get("name") or exp.get("rev"),
+                "rev": exp.get("rev"),
                 "timestamp": data.get("timestamp"),
                 "accuracy": accuracy,
                 "low": metric(metrics, "metrics/eval/metrics.json", "accuracy_ci95", "low"),
@@ -141,25 +144,98 @@ def rows_from(repo: Path) -> list[dict]:
     return rows
 
 
+def predictions(repo: Path, rev: str) -> dict[str, bool]:
+    """Scored image -> right or not, from the experiment's metrics/eval/predictions.csv (in git: cache: false)."""
+    import csv
+    import io
+
+    text = sh(["git", "show", f"{rev}:metrics/eval/predictions.csv"], repo)
+    return {row["path"]: row["actual"] == row["predicted"] for row in csv.DictReader(io.StringIO(text))}
+
+
+def mcnemar(baseline: dict[str, bool], other: dict[str, bool]) -> str:
+    """Images only `other` gets right, only the default gets right, and the exact two-sided McNemar p-value;
+    "-" when the two were scored on different images (a seed that moves prepare's split)."""
+    from math import comb
+
+    if set(baseline) != set(other):
+        return "other images"
+    gains = sum(other[path] and not right for path, right in baseline.items())
+    losses = sum(right and not other[path] for path, right in baseline.items())
+    n = gains + losses
+    p = min(1.0, 2 * sum(comb(n, k) for k in range(min(gains, losses) + 1)) / 2**n) if n else 1.0
+    return f"{gains} / {losses}, p = {p:.2g}"
+
+
 def table(baseline: dict, named: list[tuple[str, list[str], dict | None, float | None]]) -> list[str]:
-    lines = ["| lever | settings | accuracy | 95 % interval | log loss | wall time | vs default |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| lever | settings | accuracy | 95 % interval | log loss | wall time | vs default | "
+             "right only here / only in default, McNemar |",
+             "|---|---|---|---|---|---|---|---|"]
 
     def cells(row):
         return (f"{row['accuracy']:.2%} | {row['low']:.2%}-{row['high']:.2%} | {row['loss']:.4f}")
 
-    lines.append(f"| default (params.yaml) | - | {cells(baseline)} | {baseline['seconds']:.0f} s "
-                 "(dvc repro evaluate) | - |")
+    wall = f"{baseline['seconds']:.0f} s (dvc repro evaluate)" if baseline.get("seconds") else "-"
+    lines.append(f"| default (params.yaml) | - | {cells(baseline)} | {wall} | - | - |")
     for name, settings, row, seconds in named:
         if row is None:
-            lines.append(f"| {name} | `{' '.join(settings)}` | failed | | | | |")
+            lines.append(f"| {name} | `{' '.join(settings)}` | failed | | | | | |")
             continue
         delta = row["accuracy"] - baseline["accuracy"]
         half = (baseline["high"] - baseline["low"]) / 2
         verdict = f"{delta:+.2%}" + (" (within the interval: no difference)" if abs(delta) < half else "")
         wall = f"{seconds:.0f} s" if seconds is not None else "-"
-        lines.append(f"| {name} | `{' '.join(settings)}` | {cells(row)} | {wall} | {verdict} |")
+        lines.append(f"| {name} | `{' '.join(settings)}` | {cells(row)} | {wall} | {verdict} | "
+                     f"{row.get('paired', '-')} |")
     return lines
+
+
+def run_sweep(repo: Path, data: Path, levers: list, jobs: int) -> tuple[float, float]:
+    """Baseline, then one queued experiment per lever, run; returns (baseline seconds, queue start time)."""
+    make_repo(repo, data)
+    print(f"sweep: baseline `dvc repro evaluate` in {repo}", flush=True)
+    started = time.perf_counter()
+    sh(["dvc", "repro", "evaluate"], repo)
+    baseline_seconds = time.perf_counter() - started
+    sh(["git", "add", "-A"], repo)
+    sh(["git", "commit", "-q", "-m", "baseline"], repo)
+    for index, (_name, settings) in enumerate(levers):
+        # Up to evaluate, the score: export (a shipping check that reruns VGG16 over the scored split) and
+        # audit would only add minutes to each row.
+        sh(["dvc", "exp", "run", "--queue", "--name", exp_name(index), *[a for s in settings for a in ("-S", s)],
+            "evaluate"], repo)
+    print(f"sweep: {len(levers)} experiments queued; dvc queue start -j {jobs}", flush=True)
+    queue_started = time.time()
+    # Not captured: the queue workers it starts inherit the pipe and would hold it open until they stop.
+    subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=repo, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_queue(repo, len(levers), time.perf_counter())
+    return baseline_seconds, queue_started
+
+
+def exp_name(index: int) -> str:
+    return f"lever-{index:02d}"
+
+
+def collect(repo: Path, levers: list, baseline_seconds: float | None, queue_started: float | None, jobs: int):
+    """(baseline row, [(lever, settings, row or None, seconds or None)]) from the repo's experiments."""
+    names = [exp_name(index) for index in range(len(levers))]
+    rows = {row["name"]: row for row in rows_from(repo)}
+    baseline = next(r for r in rows.values() if r["name"] not in names)
+    baseline["seconds"] = baseline_seconds
+    scored = predictions(repo, baseline["rev"])
+    for name in names:
+        if name in rows:
+            rows[name]["paired"] = mcnemar(scored, predictions(repo, rows[name]["rev"]))
+    finished = sorted((datetime.datetime.fromisoformat(rows[n]["timestamp"]).timestamp(), n)
+                      for n in names if n in rows and rows[n]["timestamp"])
+    seconds, previous = {}, queue_started
+    for when, name in finished:
+        seconds[name] = when - previous if jobs == 1 and previous is not None else None
+        previous = when
+    named = [(name, settings, rows.get(exp), seconds.get(exp))
+             for (name, settings), exp in zip(levers, names, strict=True)]
+    return baseline, named
 
 
 def main() -> None:
@@ -168,49 +244,26 @@ def main() -> None:
     parser.add_argument("--group", choices=[*LEVERS, "all"], default="head")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--keep", type=Path, help="build the repo here and keep it (default: a temp folder)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: write the table again from the experiments of the --keep repo")
     args = parser.parse_args()
     levers = [lever for group, items in LEVERS.items() if args.group in (group, "all") for lever in items]
+    if args.report_only and not args.keep:
+        parser.error("--report-only reads the repository of an earlier --keep run; give it with --keep")
 
     with tempfile.TemporaryDirectory(prefix="sweep-") as scratch:
         repo = args.keep or Path(scratch) / "repo"
-        make_repo(repo, args.data)
-        print(f"sweep: baseline `dvc repro evaluate` in {repo}", flush=True)
-        started = time.perf_counter()
-        sh(["dvc", "repro", "evaluate"], repo)
-        baseline_seconds = time.perf_counter() - started
-        sh(["git", "add", "-A"], repo)
-        sh(["git", "commit", "-q", "-m", "baseline"], repo)
-        names = []
-        for index, (_name, settings) in enumerate(levers):
-            exp_name = f"lever-{index:02d}"
-            # Up to evaluate, the score: export (a shipping check that reruns VGG16 over the scored split) and
-            # audit would only add minutes to each row.
-            sh(["dvc", "exp", "run", "--queue", "--name", exp_name, *[a for s in settings for a in ("-S", s)],
-                "evaluate"], repo)
-            names.append(exp_name)
-        print(f"sweep: {len(names)} experiments queued; dvc queue start -j {args.jobs}", flush=True)
-        queue_started = time.time()
-        # Not captured: the queue workers it starts inherit the pipe and would hold it open until they stop.
-        subprocess.run(["dvc", "queue", "start", "-j", str(args.jobs)], cwd=repo, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_queue(repo, len(names), time.perf_counter())
-        rows = {row["name"]: row for row in rows_from(repo)}
-        baseline = next(r for r in rows.values() if r["name"] not in names)
-        baseline["seconds"] = baseline_seconds
-        finished = sorted((datetime.datetime.fromisoformat(rows[n]["timestamp"]).timestamp(), n)
-                          for n in names if n in rows and rows[n]["timestamp"])
-        seconds, previous = {}, queue_started
-        for when, name in finished:
-            seconds[name] = when - previous if args.jobs == 1 else None
-            previous = when
-        named = [(name, settings, rows.get(exp), seconds.get(exp))
-                 for (name, settings), exp in zip(levers, names, strict=True)]
+        timing = (None, None) if args.report_only else run_sweep(repo, args.data, levers, args.jobs)
+        baseline, named = collect(repo, levers, *timing, args.jobs)
 
     import report
 
     body = [f"Data: `{args.data.name}`; scored on the `{baseline['split']}` split ({baseline['images']} images), "
             "which no training choice looked at (README, \"Which numbers to believe\"). One queued DVC experiment "
-            f"per row, `dvc queue start -j {args.jobs}`; wall time is the experiment's own (queue order, -j 1).",
+            f"per row, `dvc queue start -j {args.jobs}`; wall time is the experiment's own (queue order, -j 1). "
+            "The last column pairs each row with the default on the same images: how many only it gets right, "
+            "how many only the default gets right, and the exact McNemar test's p-value (\"other images\" when "
+            "the row scored a different split, as a seed that moves prepare's split does).",
             "", *table(baseline, named)]
     report.write(f"accuracy-sweep-{args.data.name}-{args.group}", f"Accuracy levers on {args.data.name} ({args.group})",
                  body)
