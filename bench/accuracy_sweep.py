@@ -73,10 +73,10 @@ LEVERS = {
     ],
     "finetune": [
         ("fine-tune block 5", ["finetune.enabled=true"]),
-        ("fine-tune blocks 4-5, lr 5e-5", ["finetune.enabled=true", "finetune.blocks=2",
-                                           "finetune.learning_rate=0.00005"]),
         ("fine-tune block 5, smoothing 0.1 + cosine", ["finetune.enabled=true", "finetune.label_smoothing=0.1",
                                                        "finetune.schedule=cosine"]),
+        ("fine-tune blocks 4-5, lr 5e-5", ["finetune.enabled=true", "finetune.blocks=2",
+                                           "finetune.learning_rate=0.00005"]),
         ("fine-tune block 5, pixel-level augmentation", ["finetune.enabled=true", "finetune.augment=pixels"]),
     ],
 }
@@ -179,7 +179,8 @@ def table(baseline: dict, named: list[tuple[str, list[str], dict | None, float |
     lines.append(f"| default (params.yaml) | - | {cells(baseline)} | {wall} | - | - |")
     for name, settings, row, seconds in named:
         if row is None:
-            lines.append(f"| {name} | `{' '.join(settings)}` | failed | | | | | |")
+            # Failed, or still queued when the sweep was stopped (`dvc queue status` tells which).
+            lines.append(f"| {name} | `{' '.join(settings)}` | no result | | | | | |")
             continue
         delta = row["accuracy"] - baseline["accuracy"]
         half = (baseline["high"] - baseline["low"]) / 2
