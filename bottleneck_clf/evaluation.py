@@ -39,7 +39,8 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     denominator = 1 + z * z / trials
     center = (p + z * z / (2 * trials)) / denominator
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return float(max(0.0, center - half)), float(min(1.0, center + half))
+    # The interval holds p exactly; round-off alone put 4 right of 4 at 0.9999999999999999.
+    return float(max(0.0, min(p, center - half))), float(min(1.0, max(p, center + half)))
 
 
 def evaluate(probs: np.ndarray, labels: np.ndarray, classes: list[str], threshold: float) -> dict:

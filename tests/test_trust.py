@@ -109,6 +109,16 @@ def test_wilson_interval(successes, trials, low, high):
     assert wilson_interval(successes, trials) == pytest.approx((low, high), abs=1e-4)
 
 
+@pytest.mark.parametrize("trials", range(1, 101))
+def test_wilson_interval_holds_all_right_and_all_wrong_exactly(trials):
+    """4 right of 4 gave an upper bound of 0.9999999999999999 (round-off), below the accuracy it bounds."""
+    assert wilson_interval(trials, trials)[1] == 1.0
+    assert wilson_interval(0, trials)[0] == 0.0
+    for successes in range(trials + 1):
+        low, high = wilson_interval(successes, trials)
+        assert low <= successes / trials <= high
+
+
 def test_evaluate_writes_the_interval(project):
     make_class_folders(project / "data/raw", per_class=10)
     features_ready(project)
