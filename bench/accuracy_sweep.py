@@ -249,8 +249,12 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="build the repo here and keep it (default: a temp folder)")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: write the table again from the experiments of the --keep repo")
+    parser.add_argument("--rows", type=lambda text: [int(i) for i in text.split(",")],
+                        help="only these rows of the group, by position from 0 (e.g. 0,1): a sweep cut to the time")
     args = parser.parse_args()
     levers = [lever for group, items in LEVERS.items() if args.group in (group, "all") for lever in items]
+    if args.rows:
+        levers = [levers[i] for i in args.rows]
     if args.report_only and not args.keep:
         parser.error("--report-only reads the repository of an earlier --keep run; give it with --keep")
 
