@@ -157,7 +157,7 @@ def predictions(repo: Path, rev: str) -> dict[str, bool]:
 
 def mcnemar(baseline: dict[str, bool], other: dict[str, bool]) -> str:
     """Images only `other` gets right, only the default gets right, and the exact two-sided McNemar p-value;
-    "-" when the two were scored on different images (a seed that moves prepare's split)."""
+    "other images" when the two were scored on different images (a seed that moves prepare's split)."""
     from math import comb
 
     if set(baseline) != set(other):

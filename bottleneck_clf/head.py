@@ -225,8 +225,7 @@ class PreciseBatchNorm(keras.callbacks.Callback):
     def __init__(self, layer_input, norm_layer, fit: tuple, batch_size: int = 1024):
         super().__init__()
         self.layer_input, self.norm_layer = layer_input, norm_layer
-        self.features, self.rows = fit[0], (np.arange(len(fit[1])) if fit[2] is None else np.asarray(fit[2]))
-        self.batch_size = batch_size
+        self.rows = FeatureBatches(*fit, batch_size=batch_size, shuffle=False, seed=0)
 
     def on_train_batch_end(self, batch, logs=None) -> None:
         if batch == self.params["steps"] - 1:
@@ -234,9 +233,7 @@ class PreciseBatchNorm(keras.callbacks.Callback):
 
     def recalibrate(self) -> None:
         outputs = np.concatenate([
-            np.asarray(self.layer_input.predict_on_batch(
-                np.asarray(self.features[np.sort(self.rows[i : i + self.batch_size])], np.float32)), np.float64)
-            for i in range(0, len(self.rows), self.batch_size)
+            np.asarray(self.layer_input.predict_on_batch(self.rows[i][0]), np.float64) for i in range(len(self.rows))
         ])
         self.norm_layer.moving_mean.assign(outputs.mean(axis=0).astype(np.float32))
         self.norm_layer.moving_variance.assign(outputs.var(axis=0).astype(np.float32))
@@ -258,7 +255,7 @@ def train_head(fit: tuple, stop: tuple, n_classes: int, config: HeadConfig, seed
                        l2=config.l2)
     compile_head(model, n_classes, config.optimizer, learning_rate_for(config, stop_images(fit)),
                  config.label_smoothing)
-    # Before the caller's callbacks (loggers), after none that reads the weights mid-epoch.
+    # It acts at the epoch's last step, so the stop-set score and early stopping's copy see its statistics.
     callbacks = precise_batch_norm(model, fit) + list(callbacks or [])
     history, kept = fit_kept(model, fit, stop, config, seed, callbacks, stop_batch_size=max(config.batch_size, 256))
     return model, history, kept
