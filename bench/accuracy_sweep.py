@@ -73,10 +73,10 @@ LEVERS = {
     ],
     "finetune": [
         ("fine-tune block 5", ["finetune.enabled=true"]),
-        # Block 4 is 3.3x block 5's work: an epoch of both is several minutes on 2 cores, so at most three
-        # (one block kept its first epoch on cats-dogs-small: fine-tuning overfits within a few).
-        ("fine-tune blocks 4-5, lr 5e-5, at most 3 epochs", ["finetune.enabled=true", "finetune.blocks=2",
-                                                             "finetune.learning_rate=0.00005", "finetune.epochs=3"]),
+        # Block 4 is 3.3x block 5's work: an epoch of both is 8 to 20 minutes on 2 cores at 288 px, so at most
+        # two (one block kept its first epoch on cats-dogs-small: fine-tuning overfits within a few).
+        ("fine-tune blocks 4-5, lr 5e-5, at most 2 epochs", ["finetune.enabled=true", "finetune.blocks=2",
+                                                             "finetune.learning_rate=0.00005", "finetune.epochs=2"]),
         ("fine-tune block 5, smoothing 0.1 + cosine", ["finetune.enabled=true", "finetune.label_smoothing=0.1",
                                                        "finetune.schedule=cosine"]),
         ("fine-tune block 5, pixel-level augmentation", ["finetune.enabled=true", "finetune.augment=pixels"]),
