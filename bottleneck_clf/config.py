@@ -49,8 +49,10 @@ class ExtractConfig(Section):
     image_size: int
     interpolation: str
     pooling: str
-    batch_size: int
     precision: str
+    # Not in the feature cache's fingerprint: images per decode step and Ray batch; VGG16 runs one image a call
+    # (features.encode_batch), so it changes no value. The default serves settings rebuilt from a fingerprint.
+    batch_size: int = 32
     # Not in the feature cache's fingerprint: each image's own features and its mirror's are cached apart.
     flip_tta: str = "none"
 

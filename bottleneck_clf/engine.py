@@ -6,7 +6,7 @@ so the other nodes need no shared storage; decoding and resizing are Ray tasks o
 pool of actors (a callable class that builds the model once per actor), and the features stream back to the
 driver in order, a few batches at a time, into the feature cache and the memory-mapped `.npy`. Only the
 images the cache lacks are sent (features.fill_features decides), and the features equal the local engine's
-bit for bit on one machine: the same decode, resize, padding to a full batch and preprocessing
+bit for bit on one machine: the same decode, resize, one image a VGG16 call and preprocessing
 (features.resized_pixels and features.encode_batch).
 
 Which engine: `ray.engine` in params.yaml; `auto` (the default) is Ray exactly when `RAY_ADDRESS` names a
@@ -231,7 +231,7 @@ class RayEngine:
                          fn_constructor_kwargs={"weights": [self._weights[id(weights)][1]],
                                                 "image_size": extract.image_size, "pooling": pooling,
                                                 "precision": extract.precision, "output": output,
-                                                "batch_size": size, "mirror": mirror})
+                                                "mirror": mirror})
         )
         expected = 0
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
@@ -276,7 +276,7 @@ class VggActor:
     """A Ray actor: builds the frozen conv base once, then encodes batches of pixels as the local engine does."""
 
     def __init__(self, weights: list, image_size: int, pooling: str, precision: str, output: str | None,
-                 batch_size: int, mirror: bool = False):
+                 mirror: bool = False):
         import ray
 
         import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
@@ -285,7 +285,6 @@ class VggActor:
 
         (values,) = ray.get(weights) if isinstance(weights[0], ray.ObjectRef) else (weights[0],)
         self.model = build_extractor(values, image_size, pooling, precision, output=output)
-        self.batch_size = batch_size
         self.mirror = mirror
         self.machine = json.dumps(signature(), sort_keys=True)  # where these floats are made (check-repro)
 
@@ -293,8 +292,6 @@ class VggActor:
         from bottleneck_clf.features import encode_batch
 
         pixels = np.array(batch["pixels"], np.float32)  # a copy: Ray's arrays are read-only, preprocessing is not
-        # Ray may hand over more or fewer rows than a batch: encode them a full (padded) batch at a time.
-        parts = [encode_batch(self.model, pixels[start:start + self.batch_size], self.batch_size, self.mirror)
-                 for start in range(0, len(pixels), self.batch_size)]
-        return {"row": batch["row"], "ok": batch["ok"], "features": np.concatenate(parts),
+        # Ray may hand over more or fewer rows than a batch: encode_batch runs them one image at a time anyway.
+        return {"row": batch["row"], "ok": batch["ok"], "features": encode_batch(self.model, pixels, self.mirror),
                 "machine": np.array([self.machine] * len(pixels))}

@@ -36,8 +36,8 @@ def source_digest(*objects) -> str:
 
 
 def feature_code() -> tuple:
-    """The code a feature value goes through: decoding, EXIF, RGB rule, resize (images), batching, padding and
-    preprocessing (this module), the model build and weight reading (vgg_weights), and the stored form.
+    """The code a feature value goes through: decoding, EXIF, RGB rule, resize (images), batching, one image a
+    VGG16 call and preprocessing (this module), the model build and weight reading (vgg_weights), and the stored form.
 
     Whole modules, so an edit anywhere in them (a comment too) is a cache miss: the safe side.
     """
@@ -117,8 +117,7 @@ def fingerprint(weights_digest: str, extract: ExtractConfig) -> dict:
         "interpolation": extract.interpolation,
         "pooling": extract.pooling,
         "precision": extract.precision,
-        # oneDNN may pick other kernels for another batch shape: equal to round-off, not bitwise.
-        "batch_size": extract.batch_size,
+        # Not the batch size: encode_batch runs VGG16 one image at a time, so it changes no value.
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "pillow": PIL.__version__},
     }
 
@@ -167,23 +166,25 @@ def image_batches(paths: list[str], image_size: int, interpolation: str, batch_s
     return dataset.batch(batch_size).prefetch(2)
 
 
-def encode_batch(model, pixels: np.ndarray, batch_size: int, mirror: bool = False) -> np.ndarray:
-    """float32 features of up to `batch_size` resized images (float32, n x side x side x 3), in order; of the
-    images flipped left to right with `mirror` (extract.flip_tta).
+def encode_batch(model, pixels: np.ndarray, mirror: bool = False) -> np.ndarray:
+    """float32 features of resized images (float32, n x side x side x 3), in order; of the images flipped left
+    to right with `mirror` (extract.flip_tta).
 
-    The batch is padded to full size so that every image goes through the same kernels whatever its
-    neighbours: that keeps a cached feature bitwise equal to a fresh one, and the Ray engine's equal to this
-    process's (both call this function).
+    One image per call, so that an image goes through the same kernels whatever batch it came in and wherever
+    it sat in it: on AVX2-only CPUs oneDNN computes the last image of a batch with other kernels (1e-7 apart),
+    so a padded batch still made a feature depend on its neighbours. That keeps a cached feature bitwise
+    equal to a fresh one, and the Ray engine's equal to this process's (both call this function). On a CPU
+    one image a call is as fast as 32 (bench/results/extract.md).
     """
     import keras
 
     if mirror:
         pixels = np.ascontiguousarray(pixels[:, :, ::-1, :])  # a copy: preprocess_input works in place
-    n = len(pixels)
-    if n < batch_size:
-        pixels = np.concatenate([pixels, np.zeros((batch_size - n, *pixels.shape[1:]), pixels.dtype)])
     x = keras.applications.vgg16.preprocess_input(pixels.astype(np.float32, copy=False))
-    return np.asarray(model.predict_on_batch(x), dtype=np.float32)[:n]
+    features = np.empty((len(x), *model.output_shape[1:]), np.float32)
+    for i in range(len(x)):
+        features[i] = np.asarray(model.predict_on_batch(x[i:i + 1]), dtype=np.float32)[0]
+    return features
 
 
 def resized_pixels(data: bytes, image_size: int, interpolation: str) -> np.ndarray:
@@ -196,7 +197,7 @@ def iter_features(model, paths: list[str], image_size: int, interpolation: str, 
     """float32 features of `paths` (mirrored: of the images flipped left to right), one batch at a time, in
     order; ChangedImage if a file is not `digests`."""
     for pixels in iter_pixels(paths, image_size, interpolation, batch_size, digests):
-        yield encode_batch(model, pixels, batch_size, mirror)
+        yield encode_batch(model, pixels, mirror)
 
 
 def iter_pixels(paths: list[str], image_size: int, interpolation: str, batch_size: int,

@@ -129,8 +129,8 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "image_size": Int(32, 1024),
         "interpolation": Choice(INTERPOLATIONS),
         "pooling": Choice(POOLINGS),
-        "batch_size": Int(1, 1024),
         "precision": Choice(PRECISIONS),
+        "batch_size": Int(1, 1024),
         "flip_tta": Choice(FLIP_TTA),
     },
     "head": {

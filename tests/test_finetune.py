@@ -137,7 +137,7 @@ def test_pixel_frozen_blocks_give_the_cached_maps(tiny_weights):
     extract = ExtractConfig(image_size=32, interpolation="bilinear", pooling="avg", batch_size=8, precision="float32")
     pixels = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     model = pixel_frozen_blocks(read_weights(tiny_weights), extract, 1)
-    expected = encode_batch(build_extractor(tiny_weights, 32, "flatten", output=split_layer(1)), pixels.copy(), 8)
+    expected = encode_batch(build_extractor(tiny_weights, 32, "flatten", output=split_layer(1)), pixels.copy())
     np.testing.assert_allclose(np.asarray(model(pixels)), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
     assert not model.trainable_weights
 
