@@ -174,7 +174,7 @@ def encode_batch(model, pixels: np.ndarray, mirror: bool = False) -> np.ndarray:
     it sat in it: on AVX2-only CPUs oneDNN computes the last image of a batch with other kernels (1e-7 apart),
     so a padded batch still made a feature depend on its neighbours. That keeps a cached feature bitwise
     equal to a fresh one, and the Ray engine's equal to this process's (both call this function). On a CPU
-    one image a call is as fast as 32 (bench/results/extract.md).
+    one image a call is as fast as a batch of 32 (bench/encode_batch_bench.py).
     """
     import keras
 
