@@ -139,11 +139,13 @@ def other_cpu() -> dict:
 def commit_run_from_other_cpu(repo, env: dict | None = None) -> None:
     """Commit a demo run whose floats really differ from this machine's, recorded as made on another CPU.
 
-    TensorFlow's own (Eigen) kernels instead of oneDNN's round differently, as another CPU's kernels do;
-    the committed records then name a CPU with other kernel flags (other_cpu), as a lock written on one would.
+    TensorFlow's own (Eigen) kernels on one thread round differently from this machine's default, as another
+    CPU's kernels do: TensorFlow uses oneDNN by default only on CPUs with AVX512-VNNI or newer, so on an
+    AVX2-only one Eigen is the default and only the thread count moves the bits (2.8e-7 apart, measured). The
+    committed records then name a CPU with other kernel flags (other_cpu), as a lock written on one would.
     """
     write_demo_set(repo / "data/raw")
-    dvc(repo, "repro", env={**(env or {}), "TF_ENABLE_ONEDNN_OPTS": "0"})
+    dvc(repo, "repro", env={**(env or {}), "TF_ENABLE_ONEDNN_OPTS": "0", "TF_NUM_INTRAOP_THREADS": "1"})
     for record in (repo / "metrics/machine").glob("*.json"):
         data = json.loads(record.read_text())
         data["cpu"] = other_cpu()
