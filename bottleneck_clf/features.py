@@ -171,10 +171,10 @@ def encode_batch(model, pixels: np.ndarray, mirror: bool = False) -> np.ndarray:
     to right with `mirror` (extract.flip_tta).
 
     One image per call, so that an image goes through the same kernels whatever batch it came in and wherever
-    it sat in it: on AVX2-only CPUs oneDNN computes the last image of a batch with other kernels (1e-7 apart),
-    so a padded batch still made a feature depend on its neighbours. That keeps a cached feature bitwise
-    equal to a fresh one, and the Ray engine's equal to this process's (both call this function). On a CPU
-    one image a call is as fast as a batch of 32 (bench/encode_batch_bench.py).
+    it sat in it: on AVX2-only CPUs TensorFlow's Eigen kernels computed the last image of a batch 1e-7 apart
+    from the same image elsewhere, so a padded batch still made a feature depend on its place. That keeps a
+    cached feature bitwise equal to a fresh one, and the Ray engine's equal to this process's (both call this
+    function). On a CPU one image a call is as fast as a batch of 32 (bench/encode_batch_bench.py).
     """
     import keras
 
