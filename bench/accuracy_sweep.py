@@ -127,6 +127,8 @@ def rows_from(repo: Path) -> list[dict]:
         if commit.get("rev") == "workspace":  # the baseline commit's files, again
             continue
         for exp in [commit, *[e for group in commit.get("experiments") or [] for e in group.get("revs", [])]]:
+            if exp.get("error"):  # a failed experiment still shows its base commit's metrics: not its own
+                continue
             data = exp.get("data") or {}
             metrics = {"metrics": data.get("metrics", {})}
             accuracy = metric(metrics, "metrics/eval/metrics.json", "accuracy")
@@ -182,7 +184,8 @@ def table(baseline: dict, named: list[tuple[str, list[str], dict | None, float |
     for name, settings, row, seconds in named:
         if row is None:
             # Failed, or still queued when the sweep was stopped (`dvc queue status` tells which).
-            lines.append(f"| {name} | `{' '.join(settings)}` | no result | | | | | |")
+            lines.append(f"| {name} | `{' '.join(settings)}` | no result (failed or not run: `dvc queue logs` "
+                         "in the --keep repo) | | | | | |")
             continue
         delta = row["accuracy"] - baseline["accuracy"]
         half = (baseline["high"] - baseline["low"]) / 2

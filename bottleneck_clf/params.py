@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,21 @@ import yaml
 from bottleneck_clf.errors import UserError
 
 PARAMS_FILE = "params.yaml"
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats as YAML 1.2 does (and DVC with it): `5e-05` and `1e-4` are numbers.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so it reads `5e-05` as a string.
+    That is how `dvc exp run -S finetune.learning_rate=0.00005` writes the value (Python's repr)."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
 POOLINGS = ("flatten", "avg", "max")
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -248,7 +264,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, dict[str, Any]]:
     if not path.exists():
         raise UserError(f"{path}: not found; run the stages from the project root, where params.yaml lives")
     try:
-        params = yaml.safe_load(path.read_text(encoding="utf-8"))
+        params = yaml.load(path.read_text(encoding="utf-8"), Loader=ParamsLoader)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from exc
     return check_params(params, str(path))

@@ -82,6 +82,27 @@ def test_fractions_must_leave_training_images():
         check_params(params)
 
 
+@pytest.mark.parametrize(
+    ("override", "section", "key", "value"),
+    [
+        ("finetune.learning_rate=0.00005", "finetune", "learning_rate", 5e-05),  # DVC writes `5e-05`
+        ("head.learning_rate=1e-4", "head", "learning_rate", 1e-4),
+        ("head.l2=0.000001", "head", "l2", 1e-06),
+        ("head.epochs=7", "head", "epochs", 7),
+    ],
+)
+def test_values_written_by_dvc_exp_run_set_param_read_back(tmp_path, override, section, key, value):
+    """`dvc exp run -S` rewrites params.yaml with DVC's own YAML writer: small floats come out as `5e-05`,
+    which YAML 1.1 (PyYAML's default) reads as a string."""
+    from dvc.utils.hydra import apply_overrides  # the code behind `dvc exp run -S` / `--set-param`
+
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    apply_overrides(str(params), [override])
+    loaded = load_params(params)
+    assert loaded[section][key] == value and type(loaded[section][key]) is type(value)
+
+
 def test_missing_and_broken_files(tmp_path):
     with pytest.raises(ValueError, match="not found; run the stages from the project root"):
         load_params(tmp_path / "params.yaml")
