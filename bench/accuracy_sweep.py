@@ -275,8 +275,11 @@ def main() -> None:
             "how many only the default gets right, and the exact McNemar test's p-value (\"other images\" when "
             "the row scored a different split, as a seed that moves prepare's split does).",
             "", *table(baseline, named)]
-    report.write(f"accuracy-sweep-{args.data.name}-{args.group}", f"Accuracy levers on {args.data.name} ({args.group})",
-                 body)
+    # A sweep cut to some rows gets a file of its own, so it never overwrites the group's other rows.
+    picked = ",".join(map(str, args.rows or []))
+    suffix, label = (f"-rows-{picked.replace(',', '-')}", f", rows {picked}") if picked else ("", "")
+    report.write(f"accuracy-sweep-{args.data.name}-{args.group}{suffix}",
+                 f"Accuracy levers on {args.data.name} ({args.group}{label})", body)
     print("\n".join(body))
 
 
