@@ -17,7 +17,8 @@ IMAGES = 2 * PER_CLASS
 # both need the same new features at once (the race the cache's encoding lock is for); then the head grid.
 GRID = {
     "bicubic-d01": {"extract.interpolation": "bicubic", "head.dropout": 0.1},
-    "bicubic-d03": {"extract.interpolation": "bicubic", "head.dropout": 0.3},
+    # A small rate: `-S` writes it as `5e-05`, which the stages must read as a number (YAML 1.2, as DVC does).
+    "bicubic-d03": {"extract.interpolation": "bicubic", "head.dropout": 0.3, "head.learning_rate": 0.00005},
     **{f"head-d0{d}-u{u}": {"head.dropout": d / 10, "head.units": u} for d in (1, 3) for u in (8, 16)},
 }
 TIMEOUT = 1200  # seconds for the whole queue; on 2 busy cores it takes a few minutes
