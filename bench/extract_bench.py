@@ -129,9 +129,9 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.data / "train").is_dir():
         raise SystemExit(f"{args.data}: expected the cats-dogs-small layout (train/, validation/)")
-    import yaml
+    from bottleneck_clf.params import load_params
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())["extract"]
+    params = load_params(ROOT / "params.yaml")["extract"]
     work = Path(tempfile.mkdtemp(prefix="extract-bench-"))
     env = {**os.environ, "BOTTLENECK_FEATURE_CACHE": str(work / "feature-cache")}
     print(f"bench: {args.data}, image_size {params['image_size']}, pooling {params['pooling']}, "

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -57,9 +56,10 @@ def main() -> None:
     from bottleneck_clf.features import build_extractor, iter_features, iter_pixels
     from bottleneck_clf.finetune import build_top, finetune, map_shape, pixel_frozen_blocks, split_layer
     from bottleneck_clf.head import build_head
+    from bottleneck_clf.params import load_params
     from bottleneck_clf.weight_sources import load_source
 
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = load_params(ROOT / "params.yaml")
     extract = ExtractConfig.from_mapping(params["extract"])
     classes = sorted(p.name for p in (args.data / "train").iterdir() if p.is_dir())
     per_class = args.images // len(classes)

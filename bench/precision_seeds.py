@@ -25,12 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 from extract_bench import make_repo  # noqa: E402
 
+from bottleneck_clf.params import load_params  # noqa: E402
+
 PRECISIONS = ("float32", "bfloat16")
 
 
 def extract(repo: Path, precision: str) -> Path:
     params_file = repo / "params.yaml"
-    params = yaml.safe_load(params_file.read_text())
+    params = load_params(params_file)
     params["extract"]["precision"] = precision
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     for stage in ("weights", "prepare", "extract_features"):
@@ -57,7 +59,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="precision-seeds-"))
     repo = make_repo(work / "repo", args.data)
-    head = HeadConfig.from_mapping(yaml.safe_load((ROOT / "params.yaml").read_text())["head"])
+    head = HeadConfig.from_mapping(load_params(ROOT / "params.yaml")["head"])
     accuracy: dict[str, list[float]] = {}
     for precision in PRECISIONS:
         features = extract(repo, precision)

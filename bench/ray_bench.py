@@ -30,15 +30,14 @@ sys.path.insert(0, str(ROOT))
 
 def child(engine_name: str, weights_file: Path, images: list[str], target: Path) -> dict:
     """Encode `images` with one engine, as extract_features does (into a memory-mapped `.npy`), no cache."""
-    import yaml
-
     import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
     from bottleneck_clf.config import ExtractConfig, RayConfig
     from bottleneck_clf.engine import RayEngine
     from bottleneck_clf.features import build_extractor, feature_shape, fill_memmap, iter_features
+    from bottleneck_clf.params import load_params
     from bottleneck_clf.vgg_weights import read_weights
 
-    extract = ExtractConfig.from_mapping(yaml.safe_load((ROOT / "params.yaml").read_text())["extract"])
+    extract = ExtractConfig.from_mapping(load_params(ROOT / "params.yaml")["extract"])
     weights = read_weights(weights_file)
     digests = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in images]
     started = time.perf_counter()
