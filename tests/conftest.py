@@ -93,6 +93,19 @@ def make_presplit_folders(root: Path, counts=None, classes=("cats", "dogs")) -> 
     return root
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """Under pytest-xdist (`--dist loadgroup`, pyproject.toml), the tests that share an expensive module- or
+    session-scoped fixture (a committed `dvc repro`, a Ray cluster) run on one worker, so it is built once, not
+    once per worker. tiny_weights takes a second and is left to every worker; pytest's own fixtures (an empty
+    baseid) are not ours to share. Without xdist the mark is inert."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        shared = sorted(name for name, defs in (info.name2fixturedefs.items() if info else ())
+                        if name != "tiny_weights" and defs[-1].baseid and defs[-1].scope in ("module", "session"))
+        if shared:
+            item.add_marker(pytest.mark.xdist_group("+".join(shared)))
+
+
 @pytest.fixture(autouse=True)
 def feature_cache(tmp_path, monkeypatch) -> Path:
     """Every test gets its own empty feature cache (also seen by the subprocesses it starts)."""
