@@ -10,6 +10,10 @@ waits for it, and writes bench/results/accuracy-sweep.md: each lever's held-out 
 interval, log loss, and the wall time its experiment took on this machine. Wall times are the gaps between
 the experiments' finishing times, so they are per experiment only with --jobs 1 (the default).
 
+`--without LIST` adds a second table, each row's accuracy on the scored images that LIST (the exclude-list
+format: a path relative to the data folder per line, `#` comments) leaves, e.g. the labels an audit found wrong,
+reported apart, never instead (README, "Audit").
+
 Groups: head (minutes: every head lever on the cached features), size (image size 256 and 288: new features,
 ~1.3x and ~1.7x the 224 px extraction), defaults (288 px and batch normalisation, alone, together and under a
 second seed: the candidates for params.yaml, run on every data set), flip (the flip TTA rows alone),
@@ -213,6 +217,28 @@ def table(baseline: dict, named: list[tuple[str, list[str], dict | None, float |
     return lines
 
 
+def without_table(baseline: dict, named: list, listed: dict[str, str], source: str) -> list[str]:
+    """Each scored row's accuracy and 95 % interval on the images `listed` leaves, and how many of the listed
+    scored images it got wrong."""
+    from bottleneck_clf.evaluation import wilson_interval
+
+    present = sorted(set(listed) & set(baseline["right"]))
+    absent = len(listed) - len(present)
+    lines = [f"Without the {len(present)} scored image(s) listed in `{source}`"
+             + (f" ({absent} listed path(s) are not among the scored images)" if absent else "")
+             + ": reported apart, not instead. An audit finds the wrong labels that models disagree with, not "
+             "those they agree with, so leaving its finds out flatters every row; compare the rows here with "
+             "each other, not with the table above.",
+             "", "| lever | accuracy | 95 % interval | images | listed images it got wrong |", "|---|---|---|---|---|"]
+    for name, row in [("default (params.yaml)", baseline), *[(n, r) for n, _s, r, _t in named if r is not None]]:
+        kept = [right for path, right in row["right"].items() if path not in listed]
+        low, high = wilson_interval(sum(kept), len(kept))
+        wrong = sum(not row["right"].get(path, True) for path in present)
+        lines.append(f"| {name} | {sum(kept) / len(kept):.2%} | {low:.2%}-{high:.2%} | {len(kept)} | "
+                     f"{wrong} of {len(present)} |")
+    return lines
+
+
 def run_sweep(repo: Path, data: Path, levers: list, jobs: int) -> tuple[float, float]:
     """Baseline, then one queued experiment per lever, run; returns (baseline seconds, queue start time)."""
     make_repo(repo, data)
@@ -246,10 +272,11 @@ def collect(repo: Path, levers: list, baseline_seconds: float | None, queue_star
     rows = {row["name"]: row for row in rows_from(repo)}
     baseline = next(r for r in rows.values() if r["name"] not in names)
     baseline["seconds"] = baseline_seconds
-    scored = predictions(repo, baseline["rev"])
+    baseline["right"] = scored = predictions(repo, baseline["rev"])
     for name in names:
         if name in rows:
-            rows[name]["paired"] = mcnemar(scored, predictions(repo, rows[name]["rev"]))
+            rows[name]["right"] = predictions(repo, rows[name]["rev"])
+            rows[name]["paired"] = mcnemar(scored, rows[name]["right"])
     finished = sorted((datetime.datetime.fromisoformat(rows[n]["timestamp"]).timestamp(), n)
                       for n in names if n in rows and rows[n]["timestamp"])
     seconds, previous = {}, queue_started
@@ -271,12 +298,21 @@ def main() -> None:
                         help="run nothing: write the table again from the experiments of the --keep repo")
     parser.add_argument("--rows", type=lambda text: [int(i) for i in text.split(",")],
                         help="only these rows of the group, by position from 0 (e.g. 0,1): a sweep cut to the time")
+    parser.add_argument("--without", type=Path, metavar="LIST",
+                        help="also score each row without the images this exclude-format list names")
     args = parser.parse_args()
     levers = [lever for group, items in LEVERS.items() if args.group in (group, "all") for lever in items]
     if args.rows:
         levers = [levers[i] for i in args.rows]
     if args.report_only and not args.keep:
         parser.error("--report-only reads the repository of an earlier --keep run; give it with --keep")
+    listed = {}
+    if args.without:
+        from bottleneck_clf.exclude import read_exclude_list
+
+        if not args.without.is_file():
+            parser.error(f"--without {args.without}: no such file")
+        listed = read_exclude_list(args.without, args.data)
 
     with tempfile.TemporaryDirectory(prefix="sweep-") as scratch:
         repo = args.keep or Path(scratch) / "repo"
@@ -292,9 +328,13 @@ def main() -> None:
             "how many only the default gets right, and the exact McNemar test's p-value (\"other images\" when "
             "the row scored a different split, as a seed that moves prepare's split does).",
             "", *table(baseline, named)]
+    if args.without:
+        body += ["", *without_table(baseline, named, listed, args.without.name)]
     # A sweep cut to some rows gets a file of its own, so it never overwrites the group's other rows.
     picked = ",".join(map(str, args.rows or []))
     suffix, label = (f"-rows-{picked.replace(',', '-')}", f", rows {picked}") if picked else ("", "")
+    if args.without:  # a file of its own too: the plain table of the same rows stays as it was
+        suffix, label = f"{suffix}-without-{args.without.stem}", f"{label}, without {args.without.name}"
     report.write(f"accuracy-sweep-{args.data.name}-{args.group}{suffix}",
                  f"Accuracy levers on {args.data.name} ({args.group}{label})", body)
     print("\n".join(body))
