@@ -1,7 +1,8 @@
 """The accuracy sweep behind README "Accuracy levers", run the way a user would: queued DVC experiments.
 
     python bench/accuracy_sweep.py [--data ../shared/data/cats-dogs-small] [--group head|size|finetune|all]
-                                   [--jobs 1] [--keep /path/to/repo]
+                                   [--jobs 1] [--keep /path/to/repo] [--report-only] [--rows 0,2]
+                                   [--without LIST]
 
 Makes a throwaway DVC repo of this project over the images, runs the default pipeline once up to the score
 (`dvc repro evaluate`), queues one experiment per lever (`dvc exp run --queue -S ... evaluate`: export and
@@ -219,23 +220,26 @@ def table(baseline: dict, named: list[tuple[str, list[str], dict | None, float |
 
 def without_table(baseline: dict, named: list, listed: dict[str, str], source: str) -> list[str]:
     """Each scored row's accuracy and 95 % interval on the images `listed` leaves, and how many of the listed
-    scored images it got wrong."""
+    images it scored it got wrong (a row scored on other images, as a seed that moves the split, counts its own)."""
     from bottleneck_clf.evaluation import wilson_interval
 
-    present = sorted(set(listed) & set(baseline["right"]))
+    present = set(listed) & set(baseline["right"])
     absent = len(listed) - len(present)
     lines = [f"Without the {len(present)} scored image(s) listed in `{source}`"
-             + (f" ({absent} listed path(s) are not among the scored images)" if absent else "")
+             + (f" ({absent} listed path(s) are not among the default's scored images)" if absent else "")
              + ": reported apart, not instead. An audit finds the wrong labels that models disagree with, not "
              "those they agree with, so leaving its finds out flatters every row; compare the rows here with "
              "each other, not with the table above.",
              "", "| lever | accuracy | 95 % interval | images | listed images it got wrong |", "|---|---|---|---|---|"]
     for name, row in [("default (params.yaml)", baseline), *[(n, r) for n, _s, r, _t in named if r is not None]]:
         kept = [right for path, right in row["right"].items() if path not in listed]
+        scored_listed = [right for path, right in row["right"].items() if path in listed]
+        wrong = f"{scored_listed.count(False)} of {len(scored_listed)}"
+        if not kept:  # every image it scored is listed: nothing left to score
+            lines.append(f"| {name} | no images left | - | 0 | {wrong} |")
+            continue
         low, high = wilson_interval(sum(kept), len(kept))
-        wrong = sum(not row["right"].get(path, True) for path in present)
-        lines.append(f"| {name} | {sum(kept) / len(kept):.2%} | {low:.2%}-{high:.2%} | {len(kept)} | "
-                     f"{wrong} of {len(present)} |")
+        lines.append(f"| {name} | {sum(kept) / len(kept):.2%} | {low:.2%}-{high:.2%} | {len(kept)} | {wrong} |")
     return lines
 
 
@@ -308,11 +312,15 @@ def main() -> None:
         parser.error("--report-only reads the repository of an earlier --keep run; give it with --keep")
     listed = {}
     if args.without:
+        from bottleneck_clf.errors import UserError
         from bottleneck_clf.exclude import read_exclude_list
 
         if not args.without.is_file():
-            parser.error(f"--without {args.without}: no such file")
-        listed = read_exclude_list(args.without, args.data)
+            parser.error(f"--without {args.without}: no such file (a text file, one path per line)")
+        try:
+            listed = read_exclude_list(args.without, args.data)
+        except UserError as exc:  # a malformed line: the message names it
+            parser.error(f"--without: {exc}")
 
     with tempfile.TemporaryDirectory(prefix="sweep-") as scratch:
         repo = args.keep or Path(scratch) / "repo"

@@ -3,46 +3,74 @@
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from bottleneck_clf.exclude import read_exclude_list
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def sweep():
+    """The bench script as a module; the paths it puts on sys.path are taken off again."""
+    saved = list(sys.path)
     spec = importlib.util.spec_from_file_location("accuracy_sweep", ROOT / "bench/accuracy_sweep.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    sys.path[:] = saved
     return module
 
 
-def scored(wrong: set[int], n: int = 10) -> dict[str, bool]:
-    return {f"validation/c/{i}.jpg": i not in wrong for i in range(n)}
+def scored(wrong: set[int], images: range = range(10), split: str = "validation") -> dict[str, bool]:
+    return {f"{split}/c/{i}.jpg": i not in wrong for i in images}
 
 
-def test_each_row_is_scored_on_the_images_the_list_leaves(sweep, tmp_path):
-    listed_file = tmp_path / "errors.txt"
-    listed_file.write_text("# wrong labels\nvalidation/c/0.jpg  # mislabelled\nvalidation/c/1.jpg\n"
-                           "validation/c/99.jpg  # not scored\n")
-    listed = read_exclude_list(listed_file, tmp_path)
+def body(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("| ") and not line.startswith("| lever |")]
+
+
+@pytest.fixture
+def listed(tmp_path):
+    path = tmp_path / "errors.txt"
+    path.write_text("# wrong labels\nvalidation/c/0.jpg  # mislabelled\nvalidation/c/1.jpg\n"
+                    "validation/c/99.jpg  # not scored\n")
+    return read_exclude_list(path, tmp_path)
+
+
+def test_each_row_is_scored_on_the_images_the_list_leaves(sweep, listed):
     baseline = {"right": scored({0, 1, 5})}          # 7/10; both listed wrong; 7/8 on the rest
     row = {"right": scored({0, 5, 6})}               # 7/10; one listed wrong; 6/8 on the rest
     lines = sweep.without_table(baseline, [("lever a", ["x=1"], row, 12.0), ("lever b", ["y=1"], None, None)],
-                                listed, listed_file.name)
-    assert lines[0].startswith("Without the 2 scored image(s) listed in `errors.txt` (1 listed path(s) are not")
-    body = [line for line in lines if line.startswith("| ") and not line.startswith("| lever |")]
-    assert body == ["| default (params.yaml) | 87.50% | 52.91%-97.76% | 8 | 2 of 2 |",
-                    "| lever a | 75.00% | 40.93%-92.85% | 8 | 1 of 2 |"]  # lever b failed: no row
+                                listed, "errors.txt")
+    assert lines[0].startswith("Without the 2 scored image(s) listed in `errors.txt` (1 listed path(s) are not "
+                               "among the default's scored images): reported apart, not instead.")
+    assert body(lines) == ["| default (params.yaml) | 87.50% | 52.91%-97.76% | 8 | 2 of 2 |",
+                           "| lever a | 75.00% | 40.93%-92.85% | 8 | 1 of 2 |"]  # lever b failed: no row
 
 
-def test_a_missing_list_is_one_clear_error(tmp_path):
+def test_a_row_on_other_images_counts_only_the_listed_images_it_scored(sweep, listed):
+    baseline = {"right": scored({0})}
+    other = {"right": scored({3}, images=range(1, 9))}   # a moved split: image 0 not scored, 1 scored and right
+    lines = sweep.without_table(baseline, [("seed 7", ["base.seed=7"], other, None)], listed, "errors.txt")
+    assert body(lines)[1] == "| seed 7 | 85.71% | 48.69%-97.43% | 7 | 0 of 1 |"
+
+
+def test_a_row_with_every_image_listed_has_nothing_left_to_score(sweep, listed):
+    baseline = {"right": scored({0}, images=range(2))}
+    assert body(sweep.without_table(baseline, [], listed, "errors.txt")) == [
+        "| default (params.yaml) | no images left | - | 0 | 1 of 2 |"]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "no such file"),
+    ("/abs/cat.1.jpg\n", "line 1: '/abs/cat.1.jpg' must be a path inside"),
+])
+def test_a_bad_list_is_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "errors.txt"
+    if content is not None:
+        path.write_text(content)
     result = subprocess.run([sys.executable, str(ROOT / "bench/accuracy_sweep.py"), "--report-only", "--keep",
-                             str(tmp_path), "--without", str(tmp_path / "nope.txt")],
-                            capture_output=True, text=True, check=False)
+                             str(tmp_path), "--without", str(path)], capture_output=True, text=True, check=False)
     assert result.returncode == 2
-    assert f"--without {tmp_path / 'nope.txt'}: no such file" in result.stderr
+    assert "--without" in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr
