@@ -21,8 +21,8 @@ def sweep():
     return module
 
 
-def scored(wrong: set[int], images: range = range(10), split: str = "validation") -> dict[str, bool]:
-    return {f"{split}/c/{i}.jpg": i not in wrong for i in images}
+def scored(wrong: set[int], images: range = range(10)) -> dict[str, bool]:
+    return {f"validation/c/{i}.jpg": i not in wrong for i in images}
 
 
 def body(lines: list[str]) -> list[str]:
