@@ -102,6 +102,12 @@ LEVERS = {
         # augmentation is the lever that should slow overfitting most: the same run given three epochs.
         ("fine-tune block 5, pixel-level augmentation, at most 3 epochs",
          ["finetune.enabled=true", "finetune.augment=pixels", "finetune.epochs=3"]),
+        # finetune.ensemble was first tried after the fact, by averaging the kept rows' predictions with the
+        # default head's on these same images (0 to +4 images, the +4 with row 1): a figure chosen by looking.
+        # This row is the check no look chose: row 1 averaged with its head, under the second seed.
+        ("seed 7: fine-tune blocks 4-5, lr 5e-5, at most 2 epochs, averaged with the head",
+         ["base.seed=7", "finetune.enabled=true", "finetune.blocks=2", "finetune.learning_rate=0.00005",
+          "finetune.epochs=2", "finetune.ensemble=true"]),
     ],
 }
 

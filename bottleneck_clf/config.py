@@ -88,6 +88,7 @@ class FinetuneConfig(Section):
     augment: str
     label_smoothing: float
     schedule: str
+    ensemble: bool
 
 
 @dataclass(frozen=True)

@@ -80,14 +80,15 @@ def write_predictions(target: Path, ids, labels, probs, predicted, classes: list
                              *[f"{p:.6f}" for p in row]])
 
 
-def finetuned_probabilities(paths: dict[str, Path], split: str, ids) -> np.ndarray:
-    """The fine-tuned top on the frozen blocks' output for the split's images (cached by the finetune stage)."""
+def finetuned_probabilities(paths: dict[str, Path], split: str, ids) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The fine-tuned top on the frozen blocks' output for the split's images (cached by the finetune stage), and
+    for an ensemble (finetune.ensemble) each of its parts' probabilities by name ({} otherwise)."""
     import keras
 
     from bottleneck_clf.config import ExtractConfig
     from bottleneck_clf.dataset import MANIFEST, read_manifest
     from bottleneck_clf.feature_cache import feature_cache_dir
-    from bottleneck_clf.finetune import TOP_FILE, FrozenMaps, read_recipe
+    from bottleneck_clf.finetune import TOP_FILE, FrozenMaps, ensemble_parts, read_recipe
     from bottleneck_clf.head import probabilities
     from bottleneck_clf.vgg_weights import read_weights
 
@@ -100,8 +101,17 @@ def finetuned_probabilities(paths: dict[str, Path], split: str, ids) -> np.ndarr
         maps, _, _ = frozen.compute([str(paths["raw"] / i) for i in ids], [digest_of[str(i)] for i in ids],
                                     Path(scratch) / f"{split}.npy", desc=f"frozen blocks {split}")
         probs = probabilities(top, maps)
+        parts = {name: probabilities(part, maps) for name, part in ensemble_parts(top).items()}
         del maps
-    return probs
+    return probs, parts
+
+
+def part_scores(parts: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], threshold: float) -> dict:
+    """Accuracy (with its interval) and log loss of each part of an ensemble on the images the ensemble was
+    scored on, so that `dvc exp show` tells whether averaging helped."""
+    keep = ("accuracy", "accuracy_ci95", "loss")
+    return {name: {key: evaluate(probs, labels, classes, threshold)[key] for key in keep}
+            for name, probs in parts.items()}
 
 
 def log_plots(live, labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, classes: list[str]) -> None:

@@ -97,12 +97,13 @@ def load_top(finetuned: Path, head_file: Path, meta: dict):
     The settings are the fine-tuning recipe's when there is a fine-tuned top (evaluate rebuilds its input from
     them), else those the features were extracted with (`meta`, the features' meta.json).
     """
-    from bottleneck_clf.finetune import TOP_FILE, build_top, read_recipe
+    from bottleneck_clf.finetune import ENSEMBLE_NAME, TOP_FILE, build_top, read_recipe
 
     if (finetuned / TOP_FILE).exists():
         recipe = read_recipe(finetuned)
         top = keras.saving.load_model(finetuned / TOP_FILE, compile=False)
-        return top, recipe["blocks"], "finetuned", ExtractConfig.from_mapping(recipe)
+        source = "ensemble" if top.name == ENSEMBLE_NAME else "finetuned"  # evaluate's name for the model
+        return top, recipe["blocks"], source, ExtractConfig.from_mapping(recipe)
     extract = ExtractConfig.from_mapping({**meta["fingerprint"], "flip_tta": meta.get("flip_tta", "none")})
     side = extract.image_size // 32
     head = keras.saving.load_model(head_file, compile=False)

@@ -22,6 +22,9 @@ from bottleneck_clf.vgg_weights import VGG16_CONV_LAYERS
 
 BLOCKS = (1, 2, 3, 4)
 TOP_NAME = "top"
+# finetune.ensemble: the saved model averages two tops on the same maps; evaluate scores each part too.
+ENSEMBLE_NAME = "ensemble"
+ENSEMBLE_PARTS = {"finetuned": TOP_NAME, "head": "frozen_top"}  # metrics key -> nested model's name
 # Inside the finetune stage's output folder.
 TOP_FILE = "model.keras"
 RECIPE_FILE = "recipe.json"
@@ -47,7 +50,8 @@ def trained_layers(blocks: int) -> list[str]:
     return [name for name, _, _ in VGG16_CONV_LAYERS if int(name[5]) >= first]
 
 
-def build_top(input_shape: tuple[int, ...], blocks: int, pooling: str, weights, head) -> keras.Model:
+def build_top(input_shape: tuple[int, ...], blocks: int, pooling: str, weights, head,
+              model_name: str = TOP_NAME) -> keras.Model:
     """The top `blocks` VGG16 blocks (ImageNet weights from `weights`), the extractor's pooling, then `head`.
 
     With blocks=0 it is pooling + head: what the pipeline runs after the whole frozen conv base.
@@ -72,10 +76,47 @@ def build_top(input_shape: tuple[int, ...], blocks: int, pooling: str, weights, 
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
     outputs = head(x)
-    model = keras.Model(inputs, outputs, name=TOP_NAME)
+    model = keras.Model(inputs, outputs, name=model_name)
     for name in trained_layers(blocks) if blocks else []:
         model.get_layer(name).set_weights(list(weights[name]))
     return model
+
+
+def ensemble_top(finetuned: keras.Model, frozen: keras.Model) -> keras.Model:
+    """Maps -> the mean of the fine-tuned top's and the untouched top's probabilities (finetune.ensemble).
+
+    `frozen` is build_top on the ImageNet blocks and train_head's head, named ENSEMBLE_PARTS["head"]: the frozen
+    head's own prediction, rebuilt on the same maps. The two err on different images often enough that
+    averaging can fix some of either's mistakes, at the cost of running the trained blocks twice.
+    """
+    inputs = keras.Input(shape=finetuned.input_shape[1:], name="frozen_maps")
+    mean = layers.Average(name="mean_probabilities")([finetuned(inputs), frozen(inputs)])
+    return keras.Model(inputs, mean, name=ENSEMBLE_NAME)
+
+
+def ensemble_parts(top: keras.Model) -> dict[str, keras.Model]:
+    """The nested tops of an ensemble by metrics key ({} for a single top)."""
+    if top.name != ENSEMBLE_NAME:
+        return {}
+    return {key: top.get_layer(name) for key, name in ENSEMBLE_PARTS.items()}
+
+
+def stop_set_scores(model: keras.Model, stop: tuple, frozen: keras.Model | None = None, batch_size: int = 32) -> dict:
+    """Accuracy and log loss (no smoothing) of `model` on the stop set (inputs, labels, rows): the saved
+    ensemble's figures beside those early stopping recorded for the fine-tuned top alone. With `frozen`, the
+    inputs are images (finetune.augment: pixels) and go through the frozen blocks first."""
+    from bottleneck_clf.head import probabilities
+
+    inputs, labels, rows = stop
+    rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
+    probs = []
+    for start in range(0, len(rows), batch_size):
+        batch = np.asarray(inputs[rows[start:start + batch_size]], np.float32)
+        probs.append(probabilities(model, batch if frozen is None else np.asarray(frozen.predict_on_batch(batch))))
+    probs, truth = np.concatenate(probs), np.asarray(labels)[rows]
+    right = probs[np.arange(len(truth)), truth]
+    return {"loss": float(-np.mean(np.log(np.clip(right, 1e-7, 1.0)))),
+            "accuracy": float(np.mean(probs.argmax(axis=1) == truth))}
 
 
 def augmentation(flip: bool, rotation: float, zoom: float, seed: int) -> keras.Sequential:

@@ -177,6 +177,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "augment": Choice(AUGMENT_ON),
         "label_smoothing": Float(0.0, 0.5),
         "schedule": Choice(SCHEDULES),
+        "ensemble": Bool(),
     },
     "evaluate": {
         "split": Choice(EVAL_SPLITS),

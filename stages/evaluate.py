@@ -9,6 +9,7 @@ from bottleneck_clf.evaluation import (
     evaluate,
     finetuned_probabilities,
     log_plots,
+    part_scores,
     predict_labels,
     write_predictions,
 )
@@ -36,9 +37,10 @@ def main() -> None:
     check_threshold(settings.threshold, len(classes))  # only now is the class count known
     split = choose_split(settings.split, list(meta["counts"]))
     features, labels, ids = load_split(paths["features"], split)
+    parts = {}
     if (paths["finetuned"] / TOP_FILE).exists():
-        model_name = "finetuned"
-        probs = finetuned_probabilities(paths, split, ids)
+        probs, parts = finetuned_probabilities(paths, split, ids)
+        model_name = "ensemble" if parts else "finetuned"
     else:
         model_name = "head"
         probs = probabilities(keras.saving.load_model(paths["model"], compile=False), features)
@@ -46,6 +48,8 @@ def main() -> None:
     metrics = evaluate(probs, labels, classes, settings.threshold)
     metrics["split"] = split
     metrics["model"] = model_name
+    if parts:
+        metrics["parts"] = part_scores(parts, labels, classes, settings.threshold)
 
     out = paths["eval_metrics"]
     live = Live(str(out), dvcyaml=False, save_dvc_exp=False)
@@ -61,6 +65,10 @@ def main() -> None:
     print(f"evaluate: {model_name} model, {split} split, {len(labels)} images: accuracy {metrics['accuracy']:.4f} "
           f"(95 % Wilson interval {low:.4f}-{high:.4f}), "
           f"loss {metrics['loss']:.4f}, macro F1 {metrics['macro_f1']:.4f}{auc} -> {out}")
+    for name, scores in metrics.get("parts", {}).items():
+        low, high = scores["accuracy_ci95"]["low"], scores["accuracy_ci95"]["high"]
+        print(f"evaluate: its part {name} alone: accuracy {scores['accuracy']:.4f} ({low:.4f}-{high:.4f}), "
+              f"loss {scores['loss']:.4f}")
 
 
 if __name__ == "__main__":

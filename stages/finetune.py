@@ -40,16 +40,19 @@ def main() -> None:
     from bottleneck_clf.engine import device, local_device, open_engine
     from bottleneck_clf.feature_cache import feature_cache_dir
     from bottleneck_clf.finetune import (
+        ENSEMBLE_PARTS,
         RECIPE_FILE,
         TOP_FILE,
         FrozenMaps,
         build_top,
+        ensemble_top,
         finetune,
         map_shape,
         pixel_frozen_blocks,
         recipe,
         split_maps,
         split_pixels,
+        stop_set_scores,
     )
     from bottleneck_clf.head import kept_message, kept_summary, seed_everything, stop_images, stopping_sets
     from bottleneck_clf.model_files import save_model
@@ -103,18 +106,28 @@ def main() -> None:
         history, kept = finetune(fit, stop, top, len(classes), settings, seed, callbacks=[DVCLiveCallback(live=live)],
                                  frozen=frozen_blocks)
         stopped_on = stop_images(stop)
+        saved = {}
+        if settings.ensemble:
+            # A fresh copy of the head: the one inside `top` was trained along with the blocks.
+            untouched = keras.saving.load_model(paths["model"], compile=False)
+            top = ensemble_top(top, build_top(frozen_shape, settings.blocks, config.extract.pooling, weights,
+                                              untouched, model_name=ENSEMBLE_PARTS["head"]))
+            # metrics.json describes the saved model: the average's figures on the same stop set.
+            saved = {"ensemble_eval": stop_set_scores(top, stop, frozen_blocks, settings.batch_size)}
         del fit, stop
         data.clear()
     with atomic_dir(paths["finetuned"]) as tmp:
         save_model(top, tmp / TOP_FILE)
         write_json(tmp / RECIPE_FILE, {**recipe(config.extract, settings.blocks), "input_shape": list(frozen_shape),
                                        "classes": classes})
-    summary = {"enabled": True, "augment": settings.augment, **kept_summary(history, kept, stopped_on)}
+    summary = {"enabled": True, "augment": settings.augment, "ensemble": settings.ensemble,
+               **kept_summary(history, kept, stopped_on), **saved}
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's.
     write_json(paths["finetune_metrics"] / "metrics.json", summary)
     seconds = time.perf_counter() - started
+    averaged = ", saved averaged with the frozen head (finetune.ensemble)" if settings.ensemble else ""
     print(f"finetune: top {settings.blocks} block(s) in {seconds:.0f} s ({prepared:.0f} s for the frozen "
-          f"blocks), {kept_message(summary, stop_name)} -> {paths['finetuned']}")
+          f"blocks), {kept_message(summary, stop_name)}{averaged} -> {paths['finetuned']}")
 
 
 if __name__ == "__main__":

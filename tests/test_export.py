@@ -33,9 +33,10 @@ print(json.dumps(rows))
 """
 
 
-def run_pipeline(project, finetuned: bool, precision: str = "float32"):
+def run_pipeline(project, finetuned: bool, precision: str = "float32", ensemble: bool = False):
     make_class_folders(project / "data/raw", per_class=8)
-    update_params(project, {"finetune": {"enabled": finetuned}, "extract": {"precision": precision}})
+    update_params(project, {"finetune": {"enabled": finetuned, "ensemble": ensemble},
+                            "extract": {"precision": precision}})
     for stage in (weights, prepare, extract_stage, train_head, finetune, evaluate, export):
         stage.main()
 
@@ -53,12 +54,12 @@ AGREEMENT = 2e-5
 
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
-@pytest.mark.parametrize("finetuned", [False, True], ids=["head", "finetuned"])
-def test_exported_model_gives_evaluates_predictions_in_a_fresh_process(project, tmp_path, finetuned, precision):
-    run_pipeline(project, finetuned, precision)
+@pytest.mark.parametrize("trained", ["head", "finetuned", "ensemble"])
+def test_exported_model_gives_evaluates_predictions_in_a_fresh_process(project, tmp_path, trained, precision):
+    run_pipeline(project, trained != "head", precision, ensemble=trained == "ensemble")
     folder = project / "data/models/classifier"
     info = json.loads((folder / "classes.json").read_text())
-    assert info["classes"] == ["cats", "dogs"] and info["trained"] == ("finetuned" if finetuned else "head")
+    assert info["classes"] == ["cats", "dogs"] and info["trained"] == trained
     assert info["precision"] == precision and info["threshold"] == 0.5
     expected = {path: [float(row["p_cats"]), float(row["p_dogs"])] for path, row in read_predictions(project).items()}
     outside = tmp_path / "elsewhere"

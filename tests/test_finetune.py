@@ -157,3 +157,61 @@ def test_pixel_augmentation_trains_the_top_on_images(project, capsys):
     assert not np.array_equal(top.get_layer("block5_conv1").get_weights()[0], original["block5_conv1"][0])
     evaluate.main()
     assert json.loads((project / "metrics/eval/metrics.json").read_text())["model"] == "finetuned"
+
+
+def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(project, capsys):
+    """finetune.ensemble: one saved model, the fine-tuned top and the untouched head side by side on the same maps,
+    averaged; its stop-set figures in finetune's metrics and each part's score beside evaluate's."""
+    from bottleneck_clf.finetune import ensemble_parts
+
+    make_class_folders(project / "data/raw", per_class=8)
+    update_params(project, {"finetune": {"enabled": True, "ensemble": True}})
+    run_until_head()
+    finetune.main()
+    assert "saved averaged with the frozen head (finetune.ensemble)" in capsys.readouterr().out
+    top = keras.saving.load_model(project / "data/models/finetuned/model.keras")  # safe mode: no custom layer
+    parts = ensemble_parts(top)
+    assert top.name == "ensemble" and sorted(parts) == ["finetuned", "head"]
+    original = read_weights(project / "data/weights/vgg16_notop.weights.h5")
+    trained, frozen = (parts[k].get_layer("block5_conv1").get_weights()[0] for k in ("finetuned", "head"))
+    assert not np.array_equal(trained, original["block5_conv1"][0])
+    np.testing.assert_array_equal(frozen, original["block5_conv1"][0])
+
+    # The frozen part is the head's own prediction, the saved output the mean of the two.
+    features, labels, ids = load_split(project / "data/features", "test")
+    from bottleneck_clf.images import load_array
+
+    images = np.stack([load_array(project / "data/raw" / i, 32, "bilinear") for i in ids])
+    maps = build_extractor(original, 32, "flatten", output=split_layer(1)).predict(
+        keras.applications.vgg16.preprocess_input(images), verbose=0)
+    head = keras.saving.load_model(project / "data/models/head.keras")
+    np.testing.assert_allclose(probabilities(parts["head"], maps), probabilities(head, features), atol=1e-5)
+    alone = probabilities(parts["finetuned"], maps)
+    assert not np.allclose(alone, probabilities(head, features), atol=1e-3)
+    np.testing.assert_allclose(probabilities(top, maps), (alone + probabilities(head, features)) / 2, atol=1e-5)
+
+    metrics = json.loads((project / "metrics/finetune/metrics.json").read_text())
+    assert metrics["ensemble"] is True
+    assert set(metrics["ensemble_eval"]) == {"loss", "accuracy"} and 0 <= metrics["ensemble_eval"]["accuracy"] <= 1
+
+    evaluate.main()
+    out = capsys.readouterr().out
+    scored = json.loads((project / "metrics/eval/metrics.json").read_text())
+    assert scored["model"] == "ensemble" and sorted(scored["parts"]) == ["finetuned", "head"]
+    predicted = (alone[:, 1] >= 0.5).astype(int)
+    assert scored["parts"]["finetuned"]["accuracy"] == float(np.mean(predicted == labels))
+    assert "its part head alone: accuracy" in out
+
+
+def test_stop_set_scores_count_the_rows_they_are_given():
+    """The ensemble's stop-set figures: only the stop rows, accuracy by the most probable class, plain log loss."""
+    from bottleneck_clf.finetune import stop_set_scores
+
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Softmax()(inputs))
+    logits = np.log(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], np.float32))
+    labels = np.array([0, 1, 1, 0])
+    scores = stop_set_scores(model, (logits, labels, np.array([0, 1, 2])), batch_size=2)
+    assert scores["accuracy"] == pytest.approx(2 / 3)
+    assert scores["loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4])), rel=1e-5)
+    assert stop_set_scores(model, (logits, labels, None))["accuracy"] == 0.5

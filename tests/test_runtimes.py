@@ -43,6 +43,31 @@ def shipped(tmp_path_factory, tiny_weights):
     return root
 
 
+def test_an_ensemble_ships_to_every_format(tmp_path, tiny_weights, monkeypatch):
+    """finetune.ensemble saves two tops averaged in one graph; every runtime gives evaluate's probabilities for
+    it too (export raises when a float format is more than FLOAT_AGREEMENT off, so reaching metrics is the check)."""
+    from stages import evaluate, export, finetune, prepare, train_head, weights
+    from stages import extract_features as extract_stage
+
+    root = copy_project(tmp_path / "project")
+    link_or_copy(tiny_weights, root / "data/weights/user/random.weights.h5")
+    update_params(root, {**TINY_PARAMS, "weights": {"source": "data/weights/user/random.weights.h5"},
+                         "finetune": {**TINY_PARAMS["finetune"], "enabled": True, "ensemble": True},
+                         "export": {"formats": ALL_FORMATS, "calibration_images": 8}})
+    make_class_folders(root / "data/raw", per_class=8)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("BOTTLENECK_FEATURE_CACHE", str(tmp_path / "feature-cache"))
+    for stage in (weights, prepare, extract_stage, train_head, finetune, evaluate, export):
+        stage.main()
+    metrics = json.loads((root / "metrics/export/metrics.json").read_text())
+    evaluated = json.loads((root / "metrics/eval/metrics.json").read_text())
+    assert evaluated["model"] == "ensemble" and list(metrics["formats"]) == ALL_FORMATS
+    assert json.loads((root / "data/models/classifier/classes.json").read_text())["trained"] == "ensemble"
+    for fmt, result in metrics["formats"].items():
+        if fmt != "litert_int8":
+            assert result["max_abs_prob_diff"] <= FLOAT_AGREEMENT and result["label_agreement"] == 1.0, fmt
+
+
 def predictions(root: Path) -> dict[str, dict]:
     """evaluate's predictions.csv rows by absolute image path."""
     with open(root / "metrics/eval/predictions.csv", newline="", encoding="utf-8") as handle:
