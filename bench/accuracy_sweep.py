@@ -103,8 +103,8 @@ LEVERS = {
         ("fine-tune block 5, pixel-level augmentation, at most 3 epochs",
          ["finetune.enabled=true", "finetune.augment=pixels", "finetune.epochs=3"]),
         # finetune.ensemble was first tried after the fact, by averaging the kept rows' predictions with the
-        # default head's on these same images (0 to +4 images, the +4 with row 1): a figure chosen by looking.
-        # This row is the check no look chose: row 1 averaged with its head, under the second seed.
+        # default head's on these same images (0 to +4 images against the head, the +4 with row 1): a figure
+        # chosen by looking. This row is the check no look chose: row 1 averaged with its head, under seed 7.
         ("seed 7: fine-tune blocks 4-5, lr 5e-5, at most 2 epochs, averaged with the head",
          ["base.seed=7", "finetune.enabled=true", "finetune.blocks=2", "finetune.learning_rate=0.00005",
           "finetune.epochs=2", "finetune.ensemble=true"]),
@@ -172,6 +172,7 @@ def rows_from(repo: Path) -> list[dict]:
                 "loss": metric(metrics, "metrics/eval/metrics.json", "loss"),
                 "images": metric(metrics, "metrics/eval/metrics.json", "images"),
                 "split": metric(metrics, "metrics/eval/metrics.json", "split"),
+                "parts": metric(metrics, "metrics/eval/metrics.json", "parts"),  # an ensemble's (finetune.ensemble)
             })
     return rows
 
@@ -188,12 +189,17 @@ def predictions(repo: Path, rev: str) -> dict[str, bool]:
 def mcnemar(baseline: dict[str, bool], other: dict[str, bool]) -> str:
     """Images only `other` gets right, only the default gets right, and the exact two-sided McNemar p-value;
     "other images" when the two were scored on different images (a seed that moves prepare's split)."""
-    from math import comb
-
     if set(baseline) != set(other):
         return "other images"
     gains = sum(other[path] and not right for path, right in baseline.items())
     losses = sum(right and not other[path] for path, right in baseline.items())
+    return paired(gains, losses)
+
+
+def paired(gains: int, losses: int) -> str:
+    """`gains / losses, p = ...`: the exact two-sided McNemar test on the images exactly one of two gets right."""
+    from math import comb
+
     n = gains + losses
     p = min(1.0, 2 * sum(comb(n, k) for k in range(min(gains, losses) + 1)) / 2**n) if n else 1.0
     return f"{gains} / {losses}, p = {p:.2g}"
@@ -221,6 +227,23 @@ def table(baseline: dict, named: list[tuple[str, list[str], dict | None, float |
         wall = f"{seconds:.0f} s" if seconds is not None else "-"
         lines.append(f"| {name} | `{' '.join(settings)}` | {cells(row)} | {wall} | {verdict} | "
                      f"{row.get('paired', '-')} |")
+    return lines
+
+
+def parts_table(named: list) -> list[str]:
+    """Each ensemble row's parts alone on the same images (evaluate's `parts`), paired with the average."""
+    lines = ["Rows that average two models (finetune.ensemble), each part alone on the same images, from the row's "
+             "own evaluate: the last column counts the images only the average gets right against those only the "
+             "part gets right.", "",
+             "| lever | part | accuracy | 95 % interval | log loss | right only with the average / only with the "
+             "part, McNemar |", "|---|---|---|---|---|---|"]
+    for name, _settings, row, _seconds in named:
+        for part, scores in ((row or {}).get("parts") or {}).items():
+            low, high = scores["accuracy_ci95"]["low"], scores["accuracy_ci95"]["high"]
+            versus = (paired(scores["only_average_right"], scores["only_part_right"])
+                      if "only_average_right" in scores else "-")
+            lines.append(f"| {name} | {part} | {scores['accuracy']:.2%} | {low:.2%}-{high:.2%} | "
+                         f"{scores['loss']:.4f} | {versus} |")
     return lines
 
 
@@ -342,6 +365,8 @@ def main() -> None:
             "how many only the default gets right, and the exact McNemar test's p-value (\"other images\" when "
             "the row scored a different split, as a seed that moves prepare's split does).",
             "", *table(baseline, named)]
+    if any(row and row.get("parts") for _n, _s, row, _t in named):
+        body += ["", *parts_table(named)]
     if args.without:
         body += ["", *without_table(baseline, named, listed, args.without.name)]
     # A sweep cut to some rows gets a file of its own, so it never overwrites the group's other rows.

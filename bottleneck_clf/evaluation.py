@@ -88,7 +88,15 @@ def finetuned_probabilities(paths: dict[str, Path], split: str, ids) -> tuple[np
     from bottleneck_clf.config import ExtractConfig
     from bottleneck_clf.dataset import MANIFEST, read_manifest
     from bottleneck_clf.feature_cache import feature_cache_dir
-    from bottleneck_clf.finetune import TOP_FILE, FrozenMaps, ensemble_parts, read_recipe
+    from bottleneck_clf.finetune import (
+        ENSEMBLE_NAME,
+        TOP_FILE,
+        FrozenMaps,
+        ensemble_outputs,
+        ensemble_parts,
+        part_probabilities,
+        read_recipe,
+    )
     from bottleneck_clf.head import probabilities
     from bottleneck_clf.vgg_weights import read_weights
 
@@ -100,18 +108,29 @@ def finetuned_probabilities(paths: dict[str, Path], split: str, ids) -> tuple[np
     with tempfile.TemporaryDirectory(prefix="evaluate-maps-") as scratch:
         maps, _, _ = frozen.compute([str(paths["raw"] / i) for i in ids], [digest_of[str(i)] for i in ids],
                                     Path(scratch) / f"{split}.npy", desc=f"frozen blocks {split}")
-        probs = probabilities(top, maps)
-        parts = {name: probabilities(part, maps) for name, part in ensemble_parts(top).items()}
+        if ensemble_parts(top):  # the average and each part, every part run once
+            parts = part_probabilities(ensemble_outputs(top), (maps[i:i + 256] for i in range(0, len(maps), 256)))
+            probs = parts.pop(ENSEMBLE_NAME)
+        else:
+            probs, parts = probabilities(top, maps), {}
         del maps
     return probs, parts
 
 
-def part_scores(parts: dict[str, np.ndarray], labels: np.ndarray, classes: list[str], threshold: float) -> dict:
-    """Accuracy (with its interval) and log loss of each part of an ensemble on the images the ensemble was
-    scored on, so that `dvc exp show` tells whether averaging helped."""
+def part_scores(parts: dict[str, np.ndarray], probs: np.ndarray, labels: np.ndarray, classes: list[str],
+                threshold: float) -> dict:
+    """Accuracy (with its interval) and log loss of each part of an ensemble on the images the ensemble (`probs`)
+    was scored on, and the paired count: images only the average gets right, only the part gets right. So
+    `dvc exp show` tells whether averaging helped, without a second run."""
     keep = ("accuracy", "accuracy_ci95", "loss")
-    return {name: {key: evaluate(probs, labels, classes, threshold)[key] for key in keep}
-            for name, probs in parts.items()}
+    right = predict_labels(probs, threshold) == labels
+    scores = {}
+    for name, part in parts.items():
+        part_right = predict_labels(part, threshold) == labels
+        scores[name] = {**{key: evaluate(part, labels, classes, threshold)[key] for key in keep},
+                        "only_average_right": int(np.sum(right & ~part_right)),
+                        "only_part_right": int(np.sum(part_right & ~right))}
+    return scores
 
 
 def log_plots(live, labels: np.ndarray, probs: np.ndarray, predicted: np.ndarray, classes: list[str]) -> None:

@@ -4,7 +4,8 @@ Everything the pipeline does between a decoded image and a probability is a stan
 model (no Lambda, no custom class), so `keras.saving.load_model(path)` loads it in safe mode anywhere:
   uint8 -> float (Rescaling 1.0) -> resize (Resizing, antialiased: the pipeline's own op) -> VGG16
   preprocessing (a fixed 1x1 convolution: RGB -> BGR minus the ImageNet mean) -> frozen VGG16 blocks ->
-  trained top (fine-tuned blocks, if any, pooling and head) -> probabilities, two columns for two classes.
+  trained top (fine-tuned blocks, if any, pooling and head; with finetune.ensemble, that and the untouched top
+  side by side, averaged) -> probabilities, two columns for two classes.
 
 The frozen blocks compute in the precision the features were extracted in (`extract.precision`), so the shipped
 model gives the probabilities evaluate scored; everything after them is float32, and so is the output.

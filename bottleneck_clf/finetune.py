@@ -25,6 +25,7 @@ TOP_NAME = "top"
 # finetune.ensemble: the saved model averages two tops on the same maps; evaluate scores each part too.
 ENSEMBLE_NAME = "ensemble"
 ENSEMBLE_PARTS = {"finetuned": TOP_NAME, "head": "frozen_top"}  # metrics key -> nested model's name
+MEAN_NAME = "mean_probabilities"
 # Inside the finetune stage's output folder.
 TOP_FILE = "model.keras"
 RECIPE_FILE = "recipe.json"
@@ -86,11 +87,13 @@ def ensemble_top(finetuned: keras.Model, frozen: keras.Model) -> keras.Model:
     """Maps -> the mean of the fine-tuned top's and the untouched top's probabilities (finetune.ensemble).
 
     `frozen` is build_top on the ImageNet blocks and train_head's head, named ENSEMBLE_PARTS["head"]: the frozen
-    head's own prediction, rebuilt on the same maps. The two err on different images often enough that
-    averaging can fix some of either's mistakes, at the cost of running the trained blocks twice.
+    head's prediction rebuilt on the same maps (exactly so in float32; with extract.precision bfloat16 its top
+    blocks run in float32 on bfloat16 maps, about 2e-4 from the head on bfloat16 features). The two err on
+    different images often enough that averaging can fix some of either's mistakes, at the cost of running
+    the trained blocks twice.
     """
     inputs = keras.Input(shape=finetuned.input_shape[1:], name="frozen_maps")
-    mean = layers.Average(name="mean_probabilities")([finetuned(inputs), frozen(inputs)])
+    mean = layers.Average(name=MEAN_NAME)([finetuned(inputs), frozen(inputs)])
     return keras.Model(inputs, mean, name=ENSEMBLE_NAME)
 
 
@@ -101,22 +104,44 @@ def ensemble_parts(top: keras.Model) -> dict[str, keras.Model]:
     return {key: top.get_layer(name) for key, name in ENSEMBLE_PARTS.items()}
 
 
-def stop_set_scores(model: keras.Model, stop: tuple, frozen: keras.Model | None = None, batch_size: int = 32) -> dict:
-    """Accuracy and log loss (no smoothing) of `model` on the stop set (inputs, labels, rows): the saved
-    ensemble's figures beside those early stopping recorded for the fine-tuned top alone. With `frozen`, the
-    inputs are images (finetune.augment: pixels) and go through the frozen blocks first."""
-    from bottleneck_clf.head import probabilities
+def ensemble_outputs(top: keras.Model) -> keras.Model:
+    """Maps -> {"ensemble": the saved average, "finetuned": ..., "head": ...}, each part run once: the ensemble's
+    own layers (its Average included) wired to give the parts' outputs too."""
+    parts = ensemble_parts(top)
+    inputs = keras.Input(shape=top.input_shape[1:], name="frozen_maps")
+    outputs = {key: part(inputs) for key, part in parts.items()}
+    outputs[ENSEMBLE_NAME] = top.get_layer(MEAN_NAME)([outputs[key] for key in ENSEMBLE_PARTS])
+    return keras.Model(inputs, outputs, name="ensemble_and_parts")
 
+
+def part_probabilities(outputs: keras.Model, batches) -> dict[str, np.ndarray]:
+    """(N, n_classes) probabilities of each of ensemble_outputs' outputs over an iterable of map batches."""
+    from bottleneck_clf.head import as_columns
+
+    chunks = [outputs.predict_on_batch(np.asarray(batch, np.float32)) for batch in batches]
+    keys = (ENSEMBLE_NAME, *ENSEMBLE_PARTS)
+    return {key: as_columns(np.concatenate([chunk[key] for chunk in chunks])) for key in keys}
+
+
+def stop_set_scores(top: keras.Model, stop: tuple, frozen: keras.Model | None = None, batch_size: int = 32) -> dict:
+    """Accuracy and log loss (no smoothing, no L2: the same measure for all three) of an ensemble and of each
+    part on the stop set (inputs, labels, rows): the saved model's figures beside the fine-tuned part's. With
+    `frozen`, the inputs are images (finetune.augment: pixels) and go through the frozen blocks first."""
     inputs, labels, rows = stop
     rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
-    probs = []
-    for start in range(0, len(rows), batch_size):
-        batch = np.asarray(inputs[rows[start:start + batch_size]], np.float32)
-        probs.append(probabilities(model, batch if frozen is None else np.asarray(frozen.predict_on_batch(batch))))
-    probs, truth = np.concatenate(probs), np.asarray(labels)[rows]
-    right = probs[np.arange(len(truth)), truth]
-    return {"loss": float(-np.mean(np.log(np.clip(right, 1e-7, 1.0)))),
-            "accuracy": float(np.mean(probs.argmax(axis=1) == truth))}
+
+    def batches():
+        for start in range(0, len(rows), batch_size):
+            batch = np.asarray(inputs[rows[start:start + batch_size]], np.float32)
+            yield batch if frozen is None else np.asarray(frozen.predict_on_batch(batch))
+
+    truth = np.asarray(labels)[rows]
+    scores = {}
+    for key, probs in part_probabilities(ensemble_outputs(top), batches()).items():
+        right = probs[np.arange(len(truth)), truth]
+        scores[key] = {"loss": float(-np.mean(np.log(np.clip(right, 1e-7, 1.0)))),
+                       "accuracy": float(np.mean(probs.argmax(axis=1) == truth))}
+    return scores
 
 
 def augmentation(flip: bool, rotation: float, zoom: float, seed: int) -> keras.Sequential:

@@ -121,7 +121,12 @@ def probabilities(model, features: np.ndarray, batch_size: int = 256) -> np.ndar
         np.asarray(model.predict_on_batch(np.asarray(features[i : i + batch_size], np.float32)), np.float64)
         for i in range(0, len(features), batch_size)
     ]
-    out = np.concatenate(chunks) if chunks else np.zeros((0, 1))
+    return as_columns(np.concatenate(chunks) if chunks else np.zeros((0, 1)))
+
+
+def as_columns(out: np.ndarray) -> np.ndarray:
+    """A head's output as (N, n_classes) probabilities: one sigmoid column becomes two."""
+    out = np.asarray(out, np.float64)
     if out.shape[1] == 1:
         return np.concatenate([1.0 - out, out], axis=1)
     return out

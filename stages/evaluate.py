@@ -49,7 +49,7 @@ def main() -> None:
     metrics["split"] = split
     metrics["model"] = model_name
     if parts:
-        metrics["parts"] = part_scores(parts, labels, classes, settings.threshold)
+        metrics["parts"] = part_scores(parts, probs, labels, classes, settings.threshold)
 
     out = paths["eval_metrics"]
     live = Live(str(out), dvcyaml=False, save_dvc_exp=False)
@@ -68,7 +68,8 @@ def main() -> None:
     for name, scores in metrics.get("parts", {}).items():
         low, high = scores["accuracy_ci95"]["low"], scores["accuracy_ci95"]["high"]
         print(f"evaluate: its part {name} alone: accuracy {scores['accuracy']:.4f} ({low:.4f}-{high:.4f}), "
-              f"loss {scores['loss']:.4f}")
+              f"loss {scores['loss']:.4f}; right only with the average / only with the part: "
+              f"{scores['only_average_right']} / {scores['only_part_right']}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Stage `export`: the shippable classifier, `model.keras` plus `classes.json`, from the best trained model.
 
-The fine-tuned top when the finetune stage made one, else the head; either way the frozen VGG16 blocks,
+The fine-tuned top (or its average with the frozen head, finetune.ensemble) when the finetune stage made one,
+else the head; either way the frozen VGG16 blocks,
 resizing and preprocessing go inside the model (bottleneck_clf/export.py), the frozen blocks in the precision
 evaluate used. `classes.json` records the class names and `evaluate.threshold`, which `bottleneck predict` applies.
 

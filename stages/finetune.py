@@ -64,7 +64,8 @@ def main() -> None:
     record_machine(paths["machine"], "finetune")  # the CPU that made these floats (check-repro)
     if not settings.enabled:
         write_disabled(paths["finetuned"], paths["finetune_metrics"])
-        print(f"finetune: disabled (finetune.enabled: false) -> {paths['finetuned']}")
+        ignored = " (finetune.ensemble needs it on)" if settings.ensemble else ""
+        print(f"finetune: disabled (finetune.enabled: false){ignored} -> {paths['finetuned']}")
         return
     if config.extract.flip_tta != "none":
         # The fine-tuned top scores single images (finetune.flip mirrors them in training instead).
@@ -112,8 +113,9 @@ def main() -> None:
             untouched = keras.saving.load_model(paths["model"], compile=False)
             top = ensemble_top(top, build_top(frozen_shape, settings.blocks, config.extract.pooling, weights,
                                               untouched, model_name=ENSEMBLE_PARTS["head"]))
-            # metrics.json describes the saved model: the average's figures on the same stop set.
-            saved = {"ensemble_eval": stop_set_scores(top, stop, frozen_blocks, settings.batch_size)}
+            # metrics.json describes the saved model: the average's figures on the same stop set, beside each
+            # part's by the same measure (`eval` is Keras' loss, with any smoothing or L2 in it).
+            saved = {"ensemble_stop_set": stop_set_scores(top, stop, frozen_blocks, settings.batch_size)}
         del fit, stop
         data.clear()
     with atomic_dir(paths["finetuned"]) as tmp:
@@ -125,7 +127,11 @@ def main() -> None:
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's.
     write_json(paths["finetune_metrics"] / "metrics.json", summary)
     seconds = time.perf_counter() - started
-    averaged = ", saved averaged with the frozen head (finetune.ensemble)" if settings.ensemble else ""
+    averaged = ""
+    if settings.ensemble:
+        mean = saved["ensemble_stop_set"]["ensemble"]
+        averaged = (f"; saved averaged with the frozen head (finetune.ensemble): {stop_name} log loss "
+                    f"{mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}")
     print(f"finetune: top {settings.blocks} block(s) in {seconds:.0f} s ({prepared:.0f} s for the frozen "
           f"blocks), {kept_message(summary, stop_name)}{averaged} -> {paths['finetuned']}")
 

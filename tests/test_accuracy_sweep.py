@@ -74,3 +74,20 @@ def test_a_bad_list_is_one_clear_error(tmp_path, content, message):
     assert result.returncode == 2
     assert "--without" in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_ensemble_row_lists_each_part_paired_with_the_average(sweep):
+    """finetune.ensemble rows: each part from evaluate's `parts`, with the exact McNemar test against the average;
+    rows without parts (or a failed row) add nothing, and parts from before the paired counts show a dash."""
+    def part(accuracy, **paired):
+        return {"accuracy": accuracy, "accuracy_ci95": {"low": 0.9, "high": 0.99}, "loss": 0.05, **paired}
+
+    ensemble = {"parts": {"finetuned": part(0.95, only_average_right=4, only_part_right=0),
+                          "head": part(0.96, only_average_right=3, only_part_right=2)}}
+    older = {"parts": {"head": part(0.97)}}
+    lines = sweep.parts_table([("averaged", [], ensemble, 1.0), ("plain", [], {"parts": None}, 1.0),
+                               ("failed", [], None, None), ("older", [], older, None)])
+    assert body(lines) == ["| averaged | finetuned | 95.00% | 90.00%-99.00% | 0.0500 | 4 / 0, p = 0.12 |",
+                           "| averaged | head | 96.00% | 90.00%-99.00% | 0.0500 | 3 / 2, p = 1 |",
+                           "| older | head | 97.00% | 90.00%-99.00% | 0.0500 | - |"]
+    assert sweep.paired(0, 0) == "0 / 0, p = 1" and sweep.paired(10, 0) == "10 / 0, p = 0.002"

@@ -162,13 +162,15 @@ def test_pixel_augmentation_trains_the_top_on_images(project, capsys):
 def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(project, capsys):
     """finetune.ensemble: one saved model, the fine-tuned top and the untouched head side by side on the same maps,
     averaged; its stop-set figures in finetune's metrics and each part's score beside evaluate's."""
+    from bottleneck_clf.evaluation import predict_labels
     from bottleneck_clf.finetune import ensemble_parts
+    from bottleneck_clf.images import load_array
 
     make_class_folders(project / "data/raw", per_class=8)
     update_params(project, {"finetune": {"enabled": True, "ensemble": True}})
     run_until_head()
     finetune.main()
-    assert "saved averaged with the frozen head (finetune.ensemble)" in capsys.readouterr().out
+    assert "saved averaged with the frozen head (finetune.ensemble): validation log loss" in capsys.readouterr().out
     top = keras.saving.load_model(project / "data/models/finetuned/model.keras")  # safe mode: no custom layer
     parts = ensemble_parts(top)
     assert top.name == "ensemble" and sorted(parts) == ["finetuned", "head"]
@@ -176,42 +178,81 @@ def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(proje
     trained, frozen = (parts[k].get_layer("block5_conv1").get_weights()[0] for k in ("finetuned", "head"))
     assert not np.array_equal(trained, original["block5_conv1"][0])
     np.testing.assert_array_equal(frozen, original["block5_conv1"][0])
+    extractor = build_extractor(original, 32, "flatten", output=split_layer(1))
+    head = keras.saving.load_model(project / "data/models/head.keras")
+
+    def maps_of(split):
+        features, labels, ids = load_split(project / "data/features", split)
+        images = np.stack([load_array(project / "data/raw" / i, 32, "bilinear") for i in ids])
+        return features, labels, extractor.predict(keras.applications.vgg16.preprocess_input(images), verbose=0)
 
     # The frozen part is the head's own prediction, the saved output the mean of the two.
-    features, labels, ids = load_split(project / "data/features", "test")
-    from bottleneck_clf.images import load_array
-
-    images = np.stack([load_array(project / "data/raw" / i, 32, "bilinear") for i in ids])
-    maps = build_extractor(original, 32, "flatten", output=split_layer(1)).predict(
-        keras.applications.vgg16.preprocess_input(images), verbose=0)
-    head = keras.saving.load_model(project / "data/models/head.keras")
+    features, labels, maps = maps_of("test")
     np.testing.assert_allclose(probabilities(parts["head"], maps), probabilities(head, features), atol=1e-5)
     alone = probabilities(parts["finetuned"], maps)
     assert not np.allclose(alone, probabilities(head, features), atol=1e-3)
     np.testing.assert_allclose(probabilities(top, maps), (alone + probabilities(head, features)) / 2, atol=1e-5)
 
+    # finetune's metrics: the saved average's figures on the stop set (validation here: prepare made a test split).
     metrics = json.loads((project / "metrics/finetune/metrics.json").read_text())
-    assert metrics["ensemble"] is True
-    assert set(metrics["ensemble_eval"]) == {"loss", "accuracy"} and 0 <= metrics["ensemble_eval"]["accuracy"] <= 1
+    assert metrics["ensemble"] is True and sorted(metrics["ensemble_stop_set"]) == ["ensemble", "finetuned", "head"]
+    _, stop_labels, stop_maps = maps_of("validation")
+    for key, model in (("ensemble", top), *parts.items()):
+        probs = probabilities(model, stop_maps)
+        scores = metrics["ensemble_stop_set"][key]
+        assert scores["accuracy"] == pytest.approx(np.mean(probs.argmax(axis=1) == stop_labels)), key
+        right = np.clip(probs[np.arange(len(stop_labels)), stop_labels], 1e-7, 1)
+        assert scores["loss"] == pytest.approx(-np.mean(np.log(right)), rel=1e-4), key
 
     evaluate.main()
     out = capsys.readouterr().out
     scored = json.loads((project / "metrics/eval/metrics.json").read_text())
     assert scored["model"] == "ensemble" and sorted(scored["parts"]) == ["finetuned", "head"]
-    predicted = (alone[:, 1] >= 0.5).astype(int)
-    assert scored["parts"]["finetuned"]["accuracy"] == float(np.mean(predicted == labels))
+    average_right = predict_labels(probabilities(top, maps), 0.5) == labels
+    for key, probs in (("finetuned", alone), ("head", probabilities(head, features))):
+        part_right = predict_labels(probs, 0.5) == labels
+        assert scored["parts"][key]["accuracy"] == float(np.mean(part_right)), key
+        assert scored["parts"][key]["only_average_right"] == int(np.sum(average_right & ~part_right)), key
+        assert scored["parts"][key]["only_part_right"] == int(np.sum(part_right & ~average_right)), key
+    assert scored["accuracy"] == float(np.mean(average_right))
     assert "its part head alone: accuracy" in out
 
 
-def test_stop_set_scores_count_the_rows_they_are_given():
-    """The ensemble's stop-set figures: only the stop rows, accuracy by the most probable class, plain log loss."""
-    from bottleneck_clf.finetune import stop_set_scores
-
+def three_class_top(name: str, kernel: np.ndarray) -> keras.Model:
     inputs = keras.Input((2,))
-    model = keras.Model(inputs, keras.layers.Softmax()(inputs))
-    logits = np.log(np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], np.float32))
-    labels = np.array([0, 1, 1, 0])
-    scores = stop_set_scores(model, (logits, labels, np.array([0, 1, 2])), batch_size=2)
-    assert scores["accuracy"] == pytest.approx(2 / 3)
-    assert scores["loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4])), rel=1e-5)
-    assert stop_set_scores(model, (logits, labels, None))["accuracy"] == 0.5
+    outputs = keras.layers.Dense(3, activation="softmax", name="dense")(inputs)
+    model = keras.Model(inputs, outputs, name=name)
+    model.get_layer("dense").set_weights([kernel.astype(np.float32), np.zeros(3, np.float32)])
+    return model
+
+
+@pytest.mark.parametrize("through_frozen", [False, True], ids=["maps", "pixels"])
+def test_stop_set_scores_of_an_ensemble_and_its_parts(through_frozen):
+    """Three classes (softmax averaged), only the stop rows counted, the most probable class, plain log loss;
+    with `frozen` (finetune.augment: pixels) the inputs go through it first."""
+    from bottleneck_clf.finetune import ensemble_top, stop_set_scores
+
+    rng = np.random.default_rng(0)
+    kernels = {"top": rng.normal(0, 2, (2, 3)), "frozen_top": rng.normal(0, 2, (2, 3))}
+    top = ensemble_top(three_class_top("top", kernels["top"]), three_class_top("frozen_top", kernels["frozen_top"]))
+    x, labels, rows = rng.normal(0, 1, (9, 2)).astype(np.float32), rng.integers(0, 3, 9), np.array([0, 2, 3, 5, 8])
+
+    def softmax(kernel, rows):
+        logits = x[rows] @ kernel
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def expected(rows):
+        probs = {"finetuned": softmax(kernels["top"], rows), "head": softmax(kernels["frozen_top"], rows)}
+        return {**probs, "ensemble": (probs["finetuned"] + probs["head"]) / 2}
+
+    frozen = keras.Sequential([keras.Input((2,)), keras.layers.Rescaling(0.5)]) if through_frozen else None
+    scores = stop_set_scores(top, (2 * x if through_frozen else x, labels, rows), frozen, batch_size=2)
+    assert sorted(scores) == ["ensemble", "finetuned", "head"]
+    truth = labels[rows]
+    for key, probs in expected(rows).items():
+        assert scores[key]["accuracy"] == pytest.approx(np.mean(probs.argmax(axis=1) == truth)), key
+        assert scores[key]["loss"] == pytest.approx(-np.mean(np.log(probs[np.arange(len(rows)), truth])), rel=1e-5)
+    every = np.arange(len(labels))  # rows None: the whole set is the stop set (a validation split)
+    assert stop_set_scores(top, (x, labels, None))["ensemble"]["accuracy"] == pytest.approx(
+        np.mean(expected(every)["ensemble"].argmax(axis=1) == labels))
