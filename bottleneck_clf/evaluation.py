@@ -81,8 +81,8 @@ def write_predictions(target: Path, ids, labels, probs, predicted, classes: list
 
 
 def finetuned_probabilities(paths: dict[str, Path], split: str, ids) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The fine-tuned top on the frozen blocks' output for the split's images (cached by the finetune stage), and
-    for an ensemble (finetune.ensemble) each of its parts' probabilities by name ({} otherwise)."""
+    """The saved fine-tuned model (a top, or an ensemble's average) on the frozen blocks' output for the split's
+    images (cached by the finetune stage), and for an ensemble each part's probabilities by name ({} otherwise)."""
     import keras
 
     from bottleneck_clf.config import ExtractConfig
@@ -109,7 +109,8 @@ def finetuned_probabilities(paths: dict[str, Path], split: str, ids) -> tuple[np
         maps, _, _ = frozen.compute([str(paths["raw"] / i) for i in ids], [digest_of[str(i)] for i in ids],
                                     Path(scratch) / f"{split}.npy", desc=f"frozen blocks {split}")
         if ensemble_parts(top):  # the average and each part, every part run once
-            parts = part_probabilities(ensemble_outputs(top), (maps[i:i + 256] for i in range(0, len(maps), 256)))
+            batch = 256  # as head.probabilities
+            parts = part_probabilities(ensemble_outputs(top), (maps[i:i + batch] for i in range(0, len(maps), batch)))
             probs = parts.pop(ENSEMBLE_NAME)
         else:
             probs, parts = probabilities(top, maps), {}

@@ -1,9 +1,9 @@
 """Stage `export`: the shippable classifier, `model.keras` plus `classes.json`, from the best trained model.
 
 The fine-tuned top (or its average with the frozen head, finetune.ensemble) when the finetune stage made one,
-else the head; either way the frozen VGG16 blocks,
-resizing and preprocessing go inside the model (bottleneck_clf/export.py), the frozen blocks in the precision
-evaluate used. `classes.json` records the class names and `evaluate.threshold`, which `bottleneck predict` applies.
+else the head; either way the frozen VGG16 blocks, resizing and preprocessing go inside the model
+(bottleneck_clf/export.py), the frozen blocks in the precision evaluate used. `classes.json` records the
+class names and `evaluate.threshold`, which `bottleneck predict` applies.
 
 `export.formats` adds a SavedModel, LiteRT float32 and int8 files and an ONNX file beside them
 (bottleneck_clf/runtimes.py); each is loaded back in its own runtime and run on evaluate's images, and its

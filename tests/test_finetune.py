@@ -256,3 +256,23 @@ def test_stop_set_scores_of_an_ensemble_and_its_parts(through_frozen):
     every = np.arange(len(labels))  # rows None: the whole set is the stop set (a validation split)
     assert stop_set_scores(top, (x, labels, None))["ensemble"]["accuracy"] == pytest.approx(
         np.mean(expected(every)["ensemble"].argmax(axis=1) == labels))
+
+
+def test_part_scores_pair_each_part_with_the_average():
+    """evaluate's `parts`: each part's own accuracy and the two directions of the paired count, not swapped."""
+    from bottleneck_clf.evaluation import part_scores
+
+    labels = np.array([0, 1, 1, 0, 1])
+
+    def two(p_second):
+        return np.stack([1 - np.array(p_second), np.array(p_second)], axis=1)
+
+    average = two([0.2, 0.9, 0.6, 0.4, 0.7])           # right on all five
+    parts = {"finetuned": two([0.6, 0.9, 0.4, 0.7, 0.8]),  # wrong on 0, 2, 3: 2/5
+             "head": two([0.1, 0.3, 0.9, 0.2, 0.6])}       # wrong on 1: 4/5
+    average[4] = [0.6, 0.4]                            # now wrong on 4, which both parts get right
+    scores = part_scores(parts, average, labels, ["a", "b"], 0.5)
+    assert scores["finetuned"]["accuracy"] == 0.4 and scores["head"]["accuracy"] == 0.8
+    assert (scores["finetuned"]["only_average_right"], scores["finetuned"]["only_part_right"]) == (3, 1)
+    assert (scores["head"]["only_average_right"], scores["head"]["only_part_right"]) == (1, 1)
+    assert set(scores["head"]) == {"accuracy", "accuracy_ci95", "loss", "only_average_right", "only_part_right"}
