@@ -18,6 +18,7 @@ from keras import layers
 
 from bottleneck_clf.config import ExtractConfig, FinetuneConfig
 from bottleneck_clf.errors import UserError
+from bottleneck_clf.evaluation import accuracy_and_loss
 from bottleneck_clf.vgg_weights import VGG16_CONV_LAYERS
 
 BLOCKS = (1, 2, 3, 4)
@@ -140,12 +141,9 @@ def stop_set_scores(top: keras.Model, stop: tuple, frozen: keras.Model | None = 
             yield batch if frozen is None else np.asarray(frozen.predict_on_batch(batch))
 
     truth = np.asarray(labels)[rows]
-    scores = {}
-    for key, probs in part_probabilities(ensemble_outputs(top), batches()).items():
-        right = probs[np.arange(len(truth)), truth]
-        scores[key] = {"loss": float(-np.mean(np.log(np.clip(right, 1e-7, 1.0)))),
-                       "accuracy": float(np.mean(probs.argmax(axis=1) == truth))}
-    return scores
+    # Threshold 0.5: the plain most-probable rule, as the stop set's own Keras accuracy counts.
+    return {key: accuracy_and_loss(probs, truth, 0.5)
+            for key, probs in part_probabilities(ensemble_outputs(top), batches()).items()}
 
 
 def augmentation(flip: bool, rotation: float, zoom: float, seed: int) -> keras.Sequential:

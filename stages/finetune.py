@@ -128,7 +128,7 @@ def main() -> None:
     write_json(paths["finetune_metrics"] / "metrics.json", summary)
     seconds = time.perf_counter() - started
     averaged = ""
-    if settings.ensemble:
+    if saved:
         mean = saved["ensemble_stop_set"]["ensemble"]
         averaged = (f"; saved averaged with the frozen head (finetune.ensemble): {stop_name} log loss "
                     f"{mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}")
