@@ -89,6 +89,7 @@ class FinetuneConfig(Section):
     label_smoothing: float
     schedule: str
     ensemble: bool
+    refit: bool
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,28 @@ def finetune(fit: tuple, stop: tuple, top: keras.Model, n_classes: int, config: 
     acts on the pixels and `frozen` makes the maps in every step. `top` itself is trained in place and holds
     the kept epoch's weights afterwards.
     """
-    from bottleneck_clf.head import fit_kept, learning_rate_for, loss_for, stop_images
+    from bottleneck_clf.head import fit_kept
+
+    model = compiled(top, n_classes, config, seed, fit, frozen)
+    return fit_kept(model, fit, stop, config, seed, callbacks)
+
+
+def refit(everything: tuple, top: keras.Model, n_classes: int, config: FinetuneConfig, seed: int, epochs: int,
+          frozen: keras.Model | None = None) -> dict:
+    """finetune.refit: train `top` (fresh from the head) on every training image for the `epochs` that early
+    stopping chose, with no stop set left to choose by; returns the history. Same model, optimizer, augmentation
+    and seed as `finetune`; a cosine schedule decays over as many steps per epoch as the refit takes."""
+    from bottleneck_clf.head import fit_epochs, seed_everything
+
+    # Seeded again here: the refit's dropout and shuffling do not depend on how far the first run drew.
+    seed_everything(seed)
+    return fit_epochs(compiled(top, n_classes, config, seed, everything, frozen), everything, config, seed, epochs)
+
+
+def compiled(top: keras.Model, n_classes: int, config: FinetuneConfig, seed: int, fit: tuple,
+             frozen: keras.Model | None) -> keras.Model:
+    """Augmentation, the frozen blocks in pixel mode, then `top`, compiled with SGD and the loss."""
+    from bottleneck_clf.head import learning_rate_for, loss_for, stop_images
 
     augment = augmentation(config.flip, config.rotation, config.zoom, seed)
     if frozen is None:
@@ -192,7 +213,7 @@ def finetune(fit: tuple, stop: tuple, top: keras.Model, n_classes: int, config: 
     rate = learning_rate_for(config, stop_images(fit))
     model.compile(optimizer=keras.optimizers.SGD(rate, momentum=config.momentum),
                   loss=loss_for(n_classes, config.label_smoothing), metrics=["accuracy"])
-    return fit_kept(model, fit, stop, config, seed, callbacks)
+    return model
 
 
 RECIPE_KEYS = ("image_size", "interpolation", "pooling", "precision", "batch_size")  # recipe.json's order

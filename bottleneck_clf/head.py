@@ -217,6 +217,12 @@ def fit_kept(model, fit: tuple, stop: tuple, config, seed: int, callbacks: list 
     return history, int(kept)
 
 
+def fit_epochs(model, fit: tuple, config, seed: int, epochs: int) -> dict:
+    """Fit for exactly `epochs` epochs with no stop set (a refit); returns the history per epoch."""
+    return model.fit(FeatureBatches(*fit, batch_size=config.batch_size, shuffle=True, seed=seed), epochs=epochs,
+                     verbose=2).history
+
+
 class PreciseBatchNorm(keras.callbacks.Callback):
     """Sets a BatchNormalization layer's moving statistics to the exact ones of the rows it is fitted on.
 
@@ -279,6 +285,17 @@ def kept_summary(history: dict, kept: int, stop_images: int) -> dict:
         "train": {"loss": float(history["loss"][kept]), "accuracy": float(history["accuracy"][kept])},
         "eval": {"loss": float(history["val_loss"][kept]), "accuracy": float(history["val_accuracy"][kept])},
         "early_stopping_images": int(stop_images),
+    }
+
+
+def refit_summary(history: dict, images: int, selection: dict) -> dict:
+    """metrics.json after a refit: the saved model's own figures are its last epoch's on the training images
+    (nothing it did not train on is left to score it by), and `selection` is the run that chose its epochs."""
+    return {
+        "epochs_run": len(history["loss"]),
+        "train": {"loss": float(history["loss"][-1]), "accuracy": float(history["accuracy"][-1])},
+        "training_images": int(images),
+        "selection": selection,
     }
 
 

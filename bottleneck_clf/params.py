@@ -178,6 +178,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "label_smoothing": Float(0.0, 0.5),
         "schedule": Choice(SCHEDULES),
         "ensemble": Bool(),
+        "refit": Bool(),
     },
     "evaluate": {
         "split": Choice(EVAL_SPLITS),
@@ -240,6 +241,10 @@ def check_params(params: Any, source: str = PARAMS_FILE) -> dict[str, dict[str, 
                 "prepare.validation_fraction + prepare.test_fraction: must be below 1 to leave training "
                 f"images, got {total:g}"
             )
+    finetune = params.get("finetune")
+    if isinstance(finetune, dict) and not problems and finetune["refit"] and finetune["schedule"] == "plateau":
+        problems.append("finetune.refit: a refit has no stop set for finetune.schedule: plateau to watch; "
+                        "set finetune.schedule to constant or cosine, or finetune.refit: false")
     if problems:
         raise UserError(f"{source} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return params

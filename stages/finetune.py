@@ -43,6 +43,7 @@ def main() -> None:
         ENSEMBLE_PARTS,
         RECIPE_FILE,
         TOP_FILE,
+        TOP_NAME,
         FrozenMaps,
         build_top,
         ensemble_top,
@@ -50,11 +51,20 @@ def main() -> None:
         map_shape,
         pixel_frozen_blocks,
         recipe,
+        refit,
         split_maps,
         split_pixels,
         stop_set_scores,
     )
-    from bottleneck_clf.head import kept_message, kept_summary, seed_everything, stop_images, stopping_sets
+    from bottleneck_clf.head import (
+        STOP_SLICE,
+        kept_message,
+        kept_summary,
+        refit_summary,
+        seed_everything,
+        stop_images,
+        stopping_sets,
+    )
     from bottleneck_clf.model_files import save_model
     from bottleneck_clf.vgg_weights import read_weights
 
@@ -76,6 +86,11 @@ def main() -> None:
     started = time.perf_counter()
     entries = read_manifest(paths["prepared"] / MANIFEST)
     classes = class_names(entries)
+    if settings.refit and any(e.split == "test" for e in entries):
+        # With a test split, early stopping watches validation, not a slice of training: no image to add.
+        raise UserError("params.yaml: finetune.refit adds the early-stopping slice of training back for a second "
+                        "run, but prepare made a test split, so early stopping watches validation and training "
+                        "has no slice to add; set finetune.refit: false, or prepare.test_fraction: 0")
     weights = read_weights(paths["weights"])
     with tempfile.TemporaryDirectory(prefix="finetune-maps-") as scratch:
         frozen_blocks = None  # maps: the frozen blocks ran once per image, before training
@@ -107,15 +122,30 @@ def main() -> None:
         history, kept = finetune(fit, stop, top, len(classes), settings, seed, callbacks=[DVCLiveCallback(live=live)],
                                  frozen=frozen_blocks)
         stopped_on = stop_images(stop)
-        saved = {}
-        if settings.ensemble:
+        chosen = kept_summary(history, kept, stopped_on)
+
+        def fresh_top(name: str):
             # A fresh copy of the head: the one inside `top` was trained along with the blocks.
             untouched = keras.saving.load_model(paths["model"], compile=False)
-            top = ensemble_top(top, build_top(frozen_shape, settings.blocks, config.extract.pooling, weights,
-                                              untouched, model_name=ENSEMBLE_PARTS["head"]))
-            # metrics.json describes the saved model: the average's figures on the same stop set, beside each
-            # part's by the same measure (`eval` is Keras' loss, with any smoothing or L2 in it).
-            saved = {"ensemble_stop_set": stop_set_scores(top, stop, frozen_blocks, settings.batch_size)}
+            return build_top(frozen_shape, settings.blocks, config.extract.pooling, weights, untouched,
+                             model_name=name)
+
+        if settings.refit:
+            assert stop_name == STOP_SLICE, stop_name  # a test split was refused above
+            everything = (*fit[:2], None)  # the fitted rows and the stop slice: every training image
+            print(f"finetune: refit on all {stop_images(everything)} training images for the {kept + 1} epoch(s) "
+                  "early stopping chose")
+            top = fresh_top(TOP_NAME)
+            refitted = refit(everything, top, len(classes), settings, seed, kept + 1, frozen_blocks)
+            chosen = refit_summary(refitted, stop_images(everything), chosen)
+            del everything  # its maps live in the scratch folder
+        saved = {}
+        if settings.ensemble:
+            top = ensemble_top(top, fresh_top(ENSEMBLE_PARTS["head"]))
+            if not settings.refit:  # after a refit the stop slice is training data: no figure on it is held out
+                # metrics.json describes the saved model: the average's figures on the same stop set, beside each
+                # part's by the same measure (`eval` is Keras' loss, with any smoothing or L2 in it).
+                saved = {"ensemble_stop_set": stop_set_scores(top, stop, frozen_blocks, settings.batch_size)}
         del fit, stop
         data.clear()
     with atomic_dir(paths["finetuned"]) as tmp:
@@ -123,7 +153,7 @@ def main() -> None:
         write_json(tmp / RECIPE_FILE, {**recipe(config.extract, settings.blocks), "input_shape": list(frozen_shape),
                                        "classes": classes})
     summary = {"enabled": True, "augment": settings.augment, "ensemble": settings.ensemble,
-               **kept_summary(history, kept, stopped_on), **saved}
+               "refit": settings.refit, **chosen, **saved}
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's.
     write_json(paths["finetune_metrics"] / "metrics.json", summary)
     seconds = time.perf_counter() - started
@@ -132,8 +162,13 @@ def main() -> None:
         mean = saved["ensemble_stop_set"]["ensemble"]
         averaged = (f"; saved averaged with the frozen head (finetune.ensemble): {stop_name} log loss "
                     f"{mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}")
+    chose = kept_message(summary.get("selection", summary), stop_name)
+    if settings.refit:
+        chose = (f"{chose}; saved its refit on all {summary['training_images']} training images "
+                 f"(finetune.refit): training loss {summary['train']['loss']:.4f}, "
+                 f"accuracy {summary['train']['accuracy']:.4f}")
     print(f"finetune: top {settings.blocks} block(s) in {seconds:.0f} s ({prepared:.0f} s for the frozen "
-          f"blocks), {kept_message(summary, stop_name)}{averaged} -> {paths['finetuned']}")
+          f"blocks), {chose}{averaged} -> {paths['finetuned']}")
 
 
 if __name__ == "__main__":

@@ -218,6 +218,63 @@ def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(proje
     assert "its part head alone: accuracy" in out
 
 
+@pytest.mark.parametrize(("augment", "ensemble"), [("maps", False), ("pixels", True)])
+def test_refit_trains_again_on_every_training_image_for_the_chosen_epochs(project, capsys, augment, ensemble):
+    """finetune.refit: the run with early stopping only chooses the epoch count; the saved model is a second run
+    from the head on the stop slice too, and metrics.json describes it, the choosing run under `selection`."""
+    make_class_folders(project / "data/raw", per_class=10)
+    settings = {"enabled": True, "epochs": 4, "patience": 1, "augment": augment, "ensemble": ensemble,
+                "batch_size": 2}
+    update_params(project, {"prepare": {"test_fraction": 0.0}, "finetune": settings})
+    run_until_head()
+    finetune.main()  # without refit: the run the refit repeats
+    plain = json.loads((project / "metrics/finetune/metrics.json").read_text())
+    plain_top = keras.saving.load_model(project / "data/models/finetuned/model.keras")
+    capsys.readouterr()
+
+    update_params(project, {"finetune": {"refit": True}})
+    finetune.main()
+    out = capsys.readouterr().out
+    metrics = json.loads((project / "metrics/finetune/metrics.json").read_text())
+    training = load_meta(project / "data/features")["counts"]["train"]
+    assert metrics["refit"] is True and plain["refit"] is False
+    # The choosing run is the plain run, figure for figure; the refit ran its kept epoch count on every image.
+    assert metrics["selection"] == {key: plain[key] for key in metrics["selection"]}
+    assert metrics["selection"]["early_stopping_images"] < training == metrics["training_images"]
+    assert metrics["epochs_run"] == plain["best_epoch"]
+    assert "eval" not in metrics and "ensemble_stop_set" not in metrics  # nothing held out is left to score it by
+    assert f"refit on all {training} training images for the {plain['best_epoch']} epoch(s)" in out
+    assert f"saved its refit on all {training} training images (finetune.refit)" in out
+    # Keras' steps per epoch: the refit's cover every training image, the choosing run's only the fitted ones.
+    fitted, steps = training - metrics["selection"]["early_stopping_images"], -(-training // 2)
+    assert f"{steps}/{steps} - " in out.split("refit on all")[1] and -(-fitted // 2) < steps
+    top = keras.saving.load_model(project / "data/models/finetuned/model.keras")
+    assert top.name == ("ensemble" if ensemble else "top")
+    layer = "top" if ensemble else None
+
+    def block5(model):
+        return (model.get_layer(layer) if layer else model).get_layer("block5_conv1").get_weights()[0]
+
+    original = read_weights(project / "data/weights/vgg16_notop.weights.h5")["block5_conv1"][0]
+    assert not np.array_equal(block5(top), original) and not np.array_equal(block5(top), block5(plain_top))
+    evaluate.main()
+    assert json.loads((project / "metrics/eval/metrics.json").read_text())["model"] == (
+        "ensemble" if ensemble else "finetuned")
+
+
+def test_refit_with_a_test_split_is_one_clear_error_before_any_training(project):
+    from bottleneck_clf.errors import UserError
+
+    make_class_folders(project / "data/raw", per_class=8)
+    update_params(project, {"finetune": {"enabled": True, "refit": True}})
+    run_until_head()
+    before = sorted(p.name for p in (project / "data/models").rglob("*"))
+    with pytest.raises(UserError, match="made a test split.*finetune.refit: false, or prepare.test_fraction: 0"):
+        finetune.main()
+    assert sorted(p.name for p in (project / "data/models").rglob("*")) == before
+    assert not (project / "data/models/finetuned").exists()
+
+
 def three_class_top(name: str, kernel: np.ndarray) -> keras.Model:
     inputs = keras.Input((2,))
     outputs = keras.layers.Dense(3, activation="softmax", name="dense")(inputs)

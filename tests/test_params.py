@@ -82,6 +82,17 @@ def test_fractions_must_leave_training_images():
         check_params(params)
 
 
+@pytest.mark.parametrize(("schedule", "ok"), [("constant", True), ("cosine", True), ("plateau", False)])
+def test_a_refit_has_no_stop_set_for_a_plateau_schedule(schedule, ok):
+    params = with_change("finetune", "refit", True)
+    params["finetune"]["schedule"] = schedule
+    if ok:
+        assert check_params(params) == params
+    else:
+        with pytest.raises(ValueError, match="finetune.refit: a refit has no stop set for finetune.schedule: plateau"):
+            check_params(params)
+
+
 @pytest.mark.parametrize(
     ("override", "section", "key", "value"),
     [
