@@ -112,6 +112,10 @@ LEVERS = {
         # again from the head on all 2000 images for the epochs it kept (its twin, for a paired count).
         ("fine-tune block 5, lr 5e-5, at most 6 epochs, refit on all training images",
          ["finetune.enabled=true", "finetune.learning_rate=0.00005", "finetune.epochs=6", "finetune.refit=true"]),
+        # Row 8 under the second seed, chosen before either ran.
+        ("seed 7: fine-tune block 5, lr 5e-5, at most 6 epochs, refit on all training images",
+         ["base.seed=7", "finetune.enabled=true", "finetune.learning_rate=0.00005", "finetune.epochs=6",
+          "finetune.refit=true"]),
     ],
 }
 

@@ -1,5 +1,8 @@
 """Stage `finetune`: train the top VGG16 blocks together with the head, when `finetune.enabled` is true.
 
+With `finetune.refit`, the run with early stopping only chooses the epoch count, and the saved model is a second
+run from the head on every training image for that many epochs.
+
 Disabled, it only records that (an empty model folder and `enabled: false` in its metrics), so the stage
 costs nothing and evaluate and export use the head alone.
 """
@@ -74,7 +77,8 @@ def main() -> None:
     record_machine(paths["machine"], "finetune")  # the CPU that made these floats (check-repro)
     if not settings.enabled:
         write_disabled(paths["finetuned"], paths["finetune_metrics"])
-        ignored = " (finetune.ensemble needs it on)" if settings.ensemble else ""
+        asked = [f"finetune.{key}" for key in ("ensemble", "refit") if getattr(settings, key)]
+        ignored = f" ({' and '.join(asked)} {'needs' if len(asked) == 1 else 'need'} it on)" if asked else ""
         print(f"finetune: disabled (finetune.enabled: false){ignored} -> {paths['finetuned']}")
         return
     if config.extract.flip_tta != "none":
@@ -157,11 +161,10 @@ def main() -> None:
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's.
     write_json(paths["finetune_metrics"] / "metrics.json", summary)
     seconds = time.perf_counter() - started
-    averaged = ""
+    averaged = "; saved averaged with the frozen head (finetune.ensemble)" if settings.ensemble else ""
     if saved:
         mean = saved["ensemble_stop_set"]["ensemble"]
-        averaged = (f"; saved averaged with the frozen head (finetune.ensemble): {stop_name} log loss "
-                    f"{mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}")
+        averaged += f": {stop_name} log loss {mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}"
     chose = kept_message(summary.get("selection", summary), stop_name)
     if settings.refit:
         chose = (f"{chose}; saved its refit on all {summary['training_images']} training images "

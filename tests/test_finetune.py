@@ -23,6 +23,17 @@ def run_until_head():
         stage.main()
 
 
+@pytest.mark.parametrize(("asked", "said"), [
+    ({}, "finetune: disabled (finetune.enabled: false) ->"),
+    ({"refit": True}, "(finetune.enabled: false) (finetune.refit needs it on) ->"),
+    ({"ensemble": True, "refit": True}, "(finetune.enabled: false) (finetune.ensemble and finetune.refit need it on)"),
+])
+def test_disabled_says_which_asked_for_options_need_it_on(project, capsys, asked, said):
+    update_params(project, {"finetune": asked})
+    finetune.main()
+    assert said in capsys.readouterr().out
+
+
 def test_disabled_by_default_writes_only_a_marker(project):
     make_class_folders(project / "data/raw", per_class=8)
     run_until_head()
@@ -245,6 +256,7 @@ def test_refit_trains_again_on_every_training_image_for_the_chosen_epochs(projec
     assert "eval" not in metrics and "ensemble_stop_set" not in metrics  # nothing held out is left to score it by
     assert f"refit on all {training} training images for the {plain['best_epoch']} epoch(s)" in out
     assert f"saved its refit on all {training} training images (finetune.refit)" in out
+    assert ("saved averaged with the frozen head (finetune.ensemble) ->" in out) == ensemble  # no stop-set figure
     # Keras' steps per epoch: the refit's cover every training image, the choosing run's only the fitted ones.
     fitted, steps = training - metrics["selection"]["early_stopping_images"], -(-training // 2)
     assert f"{steps}/{steps} - " in out.split("refit on all")[1] and -(-fitted // 2) < steps
