@@ -116,6 +116,11 @@ LEVERS = {
         ("seed 7: fine-tune block 5, lr 5e-5, at most 6 epochs, refit on all training images",
          ["base.seed=7", "finetune.enabled=true", "finetune.learning_rate=0.00005", "finetune.epochs=6",
           "finetune.refit=true"]),
+        # Rows 8 and 9 gave 98.75 % and 99.12 %, 98.94 % together: the same settings under a third seed, 3,
+        # chosen before it ran, so the setting's average rests on three runs rather than two.
+        ("seed 3: fine-tune block 5, lr 5e-5, at most 6 epochs, refit on all training images",
+         ["base.seed=3", "finetune.enabled=true", "finetune.learning_rate=0.00005", "finetune.epochs=6",
+          "finetune.refit=true"]),
     ],
 }
 
