@@ -207,7 +207,7 @@ def fit_kept(model, fit: tuple, stop: tuple, config, seed: int, callbacks: list 
         # First, so that the best weights are back before the loggers close.
         callbacks.insert(0, stopper)
     history = model.fit(
-        FeatureBatches(*fit, batch_size=config.batch_size, shuffle=True, seed=seed),
+        training_batches(fit, config, seed),
         validation_data=FeatureBatches(*stop, batch_size=stop_batch_size or config.batch_size, shuffle=False,
                                        seed=seed),
         epochs=config.epochs, callbacks=callbacks, verbose=2,
@@ -219,8 +219,12 @@ def fit_kept(model, fit: tuple, stop: tuple, config, seed: int, callbacks: list 
 
 def fit_epochs(model, fit: tuple, config, seed: int, epochs: int) -> dict:
     """Fit for exactly `epochs` epochs with no stop set (a refit); returns the history per epoch."""
-    return model.fit(FeatureBatches(*fit, batch_size=config.batch_size, shuffle=True, seed=seed), epochs=epochs,
-                     verbose=2).history
+    return model.fit(training_batches(fit, config, seed), epochs=epochs, verbose=2).history
+
+
+def training_batches(fit: tuple, config, seed: int) -> FeatureBatches:
+    """The fitted rows in `config.batch_size` batches, reshuffled each epoch from `seed`."""
+    return FeatureBatches(*fit, batch_size=config.batch_size, shuffle=True, seed=seed)
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):

@@ -35,39 +35,68 @@ def write_disabled(model_dir: Path, metrics_dir: Path) -> None:
         write_json(tmp / "metrics.json", {"enabled": False})
 
 
+def training_data(config, entries: list, classes: list[str], weights, paths: dict, scratch: Path) -> tuple:
+    """({split: (inputs, labels)} for train and validation, the frozen blocks to run in each step or None).
+
+    Maps (finetune.augment: maps): the frozen blocks run once per image here, through the feature cache and
+    on Ray when configured. Pixels: resized images, and the frozen blocks go inside every training step.
+    """
+    from bottleneck_clf.engine import device, local_device, open_engine
+    from bottleneck_clf.feature_cache import feature_cache_dir
+    from bottleneck_clf.finetune import FrozenMaps, pixel_frozen_blocks, split_maps, split_pixels
+
+    settings, splits = config.finetune, ("train", "validation")
+    if settings.augment == "pixels":
+        data = {split: split_pixels(entries, split, paths["raw"], classes, config.extract, scratch) for split in splits}
+        print(f"finetune: frozen blocks and training: {local_device()} (inside each step: not on Ray)")
+        return data, pixel_frozen_blocks(weights, config.extract, settings.blocks)
+    with open_engine(config.ray) as engine:
+        frozen = FrozenMaps(weights, config.extract, settings.blocks, feature_cache_dir(), engine)
+        data = {split: split_maps(frozen, entries, split, paths["raw"], classes, scratch) for split in splits}
+        print(f"finetune: frozen blocks: {device(engine)}; training: {local_device()}")
+        if engine is not None and engine.made_on() and engine.made_on() != machine_signature():
+            # Maps from other machines and training here: no single machine made these floats.
+            record_machine(paths["machine"], "finetune",
+                           {**machine_signature(), "cpu": {"nodes": [engine.made_on()["cpu"],
+                                                                    machine_signature()["cpu"]]}})
+    return data, None
+
+
+def what_was_saved(summary: dict, stop_name: str) -> str:
+    """The console's account of metrics.json: the kept epoch, then the refit and the average when asked for."""
+    from bottleneck_clf.head import kept_message
+
+    said = kept_message(summary.get("selection", summary), stop_name)
+    if summary["refit"]:
+        said += (f"; saved its refit on all {summary['training_images']} training images (finetune.refit): "
+                 f"training loss {summary['train']['loss']:.4f}, accuracy {summary['train']['accuracy']:.4f}")
+    if summary["ensemble"]:
+        said += "; saved averaged with the frozen head (finetune.ensemble)"
+    if "ensemble_stop_set" in summary:
+        mean = summary["ensemble_stop_set"]["ensemble"]
+        said += f": {stop_name} log loss {mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}"
+    return said
+
+
 def main() -> None:
     import keras
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
-    from bottleneck_clf.engine import device, local_device, open_engine
-    from bottleneck_clf.feature_cache import feature_cache_dir
     from bottleneck_clf.finetune import (
         ENSEMBLE_PARTS,
         RECIPE_FILE,
         TOP_FILE,
         TOP_NAME,
-        FrozenMaps,
         build_top,
         ensemble_top,
         finetune,
         map_shape,
-        pixel_frozen_blocks,
         recipe,
         refit,
-        split_maps,
-        split_pixels,
         stop_set_scores,
     )
-    from bottleneck_clf.head import (
-        STOP_SLICE,
-        kept_message,
-        kept_summary,
-        refit_summary,
-        seed_everything,
-        stop_images,
-        stopping_sets,
-    )
+    from bottleneck_clf.head import kept_summary, refit_summary, seed_everything, stop_images, stopping_sets
     from bottleneck_clf.model_files import save_model
     from bottleneck_clf.vgg_weights import read_weights
 
@@ -90,34 +119,18 @@ def main() -> None:
     started = time.perf_counter()
     entries = read_manifest(paths["prepared"] / MANIFEST)
     classes = class_names(entries)
-    if settings.refit and any(e.split == "test" for e in entries):
+    has_test = any(e.split == "test" for e in entries)
+    if settings.refit and has_test:
         # With a test split, early stopping watches validation, not a slice of training: no image to add.
         raise UserError("params.yaml: finetune.refit adds the early-stopping slice of training back for a second "
                         "run, but prepare made a test split, so early stopping watches validation and training "
                         "has no slice to add; set finetune.refit: false, or prepare.test_fraction: 0")
     weights = read_weights(paths["weights"])
     with tempfile.TemporaryDirectory(prefix="finetune-maps-") as scratch:
-        frozen_blocks = None  # maps: the frozen blocks ran once per image, before training
-        if settings.augment == "pixels":
-            data = {split: split_pixels(entries, split, paths["raw"], classes, config.extract, Path(scratch))
-                    for split in ("train", "validation")}
-            frozen_blocks = pixel_frozen_blocks(weights, config.extract, settings.blocks)
-            print(f"finetune: frozen blocks and training: {local_device()} (inside each step: not on Ray)")
-        else:
-            with open_engine(config.ray) as engine:
-                frozen = FrozenMaps(weights, config.extract, settings.blocks, feature_cache_dir(), engine)
-                data = {split: split_maps(frozen, entries, split, paths["raw"], classes, Path(scratch))
-                        for split in ("train", "validation")}
-                print(f"finetune: frozen blocks: {device(engine)}; training: {local_device()}")
-                if engine is not None and engine.made_on() and engine.made_on() != machine_signature():
-                    # Maps from other machines and training here: no single machine made these floats.
-                    record_machine(paths["machine"], "finetune",
-                                   {**machine_signature(), "cpu": {"nodes": [engine.made_on()["cpu"],
-                                                                            machine_signature()["cpu"]]}})
-            del frozen
+        data, frozen_blocks = training_data(config, entries, classes, weights, paths, Path(scratch))
         prepared = time.perf_counter() - started
         # The same images to stop on as train_head's (same labels, fraction and seed).
-        fit, stop, stop_name = stopping_sets(data["train"], data["validation"], any(e.split == "test" for e in entries),
+        fit, stop, stop_name = stopping_sets(data["train"], data["validation"], has_test,
                                              config.head.early_stopping_fraction, seed)
         head = keras.saving.load_model(paths["model"], compile=False)
         frozen_shape = map_shape(config.extract.image_size, settings.blocks)
@@ -125,8 +138,7 @@ def main() -> None:
         live = Live(str(paths["finetune_metrics"]), dvcyaml=False, save_dvc_exp=False)
         history, kept = finetune(fit, stop, top, len(classes), settings, seed, callbacks=[DVCLiveCallback(live=live)],
                                  frozen=frozen_blocks)
-        stopped_on = stop_images(stop)
-        chosen = kept_summary(history, kept, stopped_on)
+        chosen = kept_summary(history, kept, stop_images(stop))
 
         def fresh_top(name: str):
             # A fresh copy of the head: the one inside `top` was trained along with the blocks.
@@ -134,15 +146,11 @@ def main() -> None:
             return build_top(frozen_shape, settings.blocks, config.extract.pooling, weights, untouched,
                              model_name=name)
 
-        if settings.refit:
-            assert stop_name == STOP_SLICE, stop_name  # a test split was refused above
-            everything = (*fit[:2], None)  # the fitted rows and the stop slice: every training image
-            print(f"finetune: refit on all {stop_images(everything)} training images for the {kept + 1} epoch(s) "
-                  "early stopping chose")
+        if settings.refit:  # the stop set is a slice of training here: a test split was refused above
+            print(f"finetune: refit on all {len(fit[1])} training images for the {kept + 1} epoch(s) early "
+                  "stopping chose")
             top = fresh_top(TOP_NAME)
-            refitted = refit(everything, top, len(classes), settings, seed, kept + 1, frozen_blocks)
-            chosen = refit_summary(refitted, stop_images(everything), chosen)
-            del everything  # its maps live in the scratch folder
+            chosen = refit_summary(*refit(fit, top, len(classes), settings, seed, kept + 1, frozen_blocks), chosen)
         saved = {}
         if settings.ensemble:
             top = ensemble_top(top, fresh_top(ENSEMBLE_PARTS["head"]))
@@ -161,17 +169,8 @@ def main() -> None:
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's.
     write_json(paths["finetune_metrics"] / "metrics.json", summary)
     seconds = time.perf_counter() - started
-    averaged = "; saved averaged with the frozen head (finetune.ensemble)" if settings.ensemble else ""
-    if saved:
-        mean = saved["ensemble_stop_set"]["ensemble"]
-        averaged += f": {stop_name} log loss {mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}"
-    chose = kept_message(summary.get("selection", summary), stop_name)
-    if settings.refit:
-        chose = (f"{chose}; saved its refit on all {summary['training_images']} training images "
-                 f"(finetune.refit): training loss {summary['train']['loss']:.4f}, "
-                 f"accuracy {summary['train']['accuracy']:.4f}")
     print(f"finetune: top {settings.blocks} block(s) in {seconds:.0f} s ({prepared:.0f} s for the frozen "
-          f"blocks), {chose}{averaged} -> {paths['finetuned']}")
+          f"blocks), {what_was_saved(summary, stop_name)} -> {paths['finetuned']}")
 
 
 if __name__ == "__main__":
