@@ -15,7 +15,8 @@ the experiments' finishing times, so they are per experiment only with --jobs 1 
 format: a path relative to the data folder per line, `#` comments) leaves, e.g. the labels an audit found wrong,
 reported apart, never instead (README, "Audit").
 
-Groups: head (minutes: every head lever on the cached features), size (image size 256 and 288: new features,
+Groups: head (minutes: every head lever on the cached features), head-refit (head.refit under three seeds,
+each beside the default under its seed), size (image size 256 and 288: new features,
 ~1.3x and ~1.7x the 224 px extraction), defaults (288 px and batch normalisation, alone, together and under a
 second seed: the candidates for params.yaml, run on every data set), flip (the flip TTA rows alone),
 finetune (one and two blocks, smoothing and cosine, pixel-level augmentation: the frozen-block maps once,
@@ -122,6 +123,22 @@ LEVERS = {
          ["base.seed=3", "finetune.enabled=true", "finetune.learning_rate=0.00005", "finetune.epochs=6",
           "finetune.refit=true"]),
     ],
+    # head.refit: the default head trained again on every training image (the stop slice too) for the epochs early
+    # stopping kept, under the three seeds the fine-tuning refit ran (chosen before any of these ran), each paired
+    # with the default head under its own seed (TWINS).
+    "head-refit": [
+        ("seed 7: default", ["base.seed=7"]),
+        ("seed 3: default", ["base.seed=3"]),
+        ("head refit on all training images", ["head.refit=true"]),
+        ("seed 7: head refit on all training images", ["base.seed=7", "head.refit=true"]),
+        ("seed 3: head refit on all training images", ["base.seed=3", "head.refit=true"]),
+    ],
+}
+# Rows paired with another row of the sweep rather than with the default: a lever under another seed against
+# the default under that seed, the same images scored by two models that differ only in the lever.
+TWINS = {
+    "seed 7: head refit on all training images": "seed 7: default",
+    "seed 3: head refit on all training images": "seed 3: default",
 }
 
 
@@ -312,17 +329,28 @@ def exp_name(index: int) -> str:
     return f"lever-{index:02d}"
 
 
+def pair_rows(baseline: dict, by_lever: dict[str, dict | None], twins: dict[str, str] = TWINS) -> None:
+    """Each scored row's `paired`: against its twin when the sweep scored it (named in the cell), else the default."""
+    for lever, row in by_lever.items():
+        if row is None:
+            continue
+        twin = by_lever.get(twins.get(lever))
+        row["paired"] = mcnemar((twin or baseline)["right"], row["right"])
+        if twin is not None:
+            row["paired"] += f" (against {twins[lever]})"
+
+
 def collect(repo: Path, levers: list, baseline_seconds: float | None, queue_started: float | None, jobs: int):
     """(baseline row, [(lever, settings, row or None, seconds or None)]) from the repo's experiments."""
     names = [exp_name(index) for index in range(len(levers))]
     rows = {row["name"]: row for row in rows_from(repo)}
     baseline = next(r for r in rows.values() if r["name"] not in names)
     baseline["seconds"] = baseline_seconds
-    baseline["right"] = scored = predictions(repo, baseline["rev"])
+    baseline["right"] = predictions(repo, baseline["rev"])
     for name in names:
         if name in rows:
             rows[name]["right"] = predictions(repo, rows[name]["rev"])
-            rows[name]["paired"] = mcnemar(scored, rows[name]["right"])
+    pair_rows(baseline, {lever: rows.get(exp) for (lever, _settings), exp in zip(levers, names, strict=True)})
     finished = sorted((datetime.datetime.fromisoformat(rows[n]["timestamp"]).timestamp(), n)
                       for n in names if n in rows and rows[n]["timestamp"])
     seconds, previous = {}, queue_started
@@ -374,9 +402,9 @@ def main() -> None:
     body = [f"Data: `{args.data.name}`; scored on the `{baseline['split']}` split ({baseline['images']} images), "
             "which no training choice looked at (README, \"Which numbers to believe\"). One queued DVC experiment "
             f"per row, `dvc queue start -j {args.jobs}`; wall time is the experiment's own (queue order, -j 1). "
-            "The last column pairs each row with the default on the same images: how many only it gets right, "
-            "how many only the default gets right, and the exact McNemar test's p-value (\"other images\" when "
-            "the row scored a different split, as a seed that moves prepare's split does).",
+            "The last column pairs each row with the default (or the row it names) on the same images: how many "
+            "only it gets right, how many only the other gets right, and the exact McNemar test's p-value "
+            "(\"other images\" when the row scored a different split, as a seed that moves prepare's split does).",
             "", *table(baseline, named)]
     if any(row and row.get("parts") for _n, _s, row, _t in named):
         body += ["", *parts_table(named)]

@@ -71,6 +71,7 @@ class HeadConfig(Section):
     l2: float
     label_smoothing: float
     schedule: str
+    refit: bool
 
 
 @dataclass(frozen=True)

@@ -217,9 +217,9 @@ def fit_kept(model, fit: tuple, stop: tuple, config, seed: int, callbacks: list 
     return history, int(kept)
 
 
-def fit_epochs(model, fit: tuple, config, seed: int, epochs: int) -> dict:
+def fit_epochs(model, fit: tuple, config, seed: int, epochs: int, callbacks: list | None = None) -> dict:
     """Fit for exactly `epochs` epochs with no stop set (a refit); returns the history per epoch."""
-    return model.fit(training_batches(fit, config, seed), epochs=epochs, verbose=2).history
+    return model.fit(training_batches(fit, config, seed), epochs=epochs, callbacks=callbacks, verbose=2).history
 
 
 def training_batches(fit: tuple, config, seed: int) -> FeatureBatches:
@@ -263,17 +263,35 @@ def precise_batch_norm(model, fit: tuple) -> list:
     return [PreciseBatchNorm(keras.Model(model.inputs, model.get_layer("dense").output), norm, fit)]
 
 
-def train_head(fit: tuple, stop: tuple, n_classes: int, config: HeadConfig, seed: int,
-               callbacks: list | None = None):
-    """Train a head on (features, labels, rows) to fit and to stop on; returns (model, history, kept epoch)."""
+def new_head(fit: tuple, n_classes: int, config: HeadConfig):
+    """A fresh head for (features, labels, rows) to fit, compiled (a cosine schedule over the fit's steps)."""
     model = build_head(fit[0].shape[1:], n_classes, config.units, config.dropout, batch_norm=config.batch_norm,
                        l2=config.l2)
     compile_head(model, n_classes, config.optimizer, learning_rate_for(config, stop_images(fit)),
                  config.label_smoothing)
+    return model
+
+
+def train_head(fit: tuple, stop: tuple, n_classes: int, config: HeadConfig, seed: int,
+               callbacks: list | None = None):
+    """Train a head on (features, labels, rows) to fit and to stop on; returns (model, history, kept epoch)."""
+    model = new_head(fit, n_classes, config)
     # It acts at the epoch's last step, so the stop-set score and early stopping's copy see its statistics.
     callbacks = precise_batch_norm(model, fit) + list(callbacks or [])
     history, kept = fit_kept(model, fit, stop, config, seed, callbacks, stop_batch_size=max(config.batch_size, 256))
     return model, history, kept
+
+
+def refit_head(fit: tuple, n_classes: int, config: HeadConfig, seed: int, epochs: int):
+    """head.refit: a fresh head trained on every training row, the stop slice that `fit` left out too, for the
+    `epochs` early stopping chose; returns (model, history, images trained on). Seeded again, so its
+    initialisation and shuffling are the choosing run's, not wherever that run left the generators."""
+    everything = (*fit[:2], None)
+    seed_everything(seed)
+    model = new_head(everything, n_classes, config)
+    # Its batch-norm statistics are those of every training row, as the choosing run's were of its fitted rows.
+    history = fit_epochs(model, everything, config, seed, epochs, callbacks=precise_batch_norm(model, everything))
+    return model, history, stop_images(everything)
 
 
 def stop_images(stop: tuple) -> int:
@@ -307,3 +325,17 @@ def kept_message(summary: dict, stop_name: str) -> str:
     return (f"{summary['epochs_run']} epochs, saved epoch {summary['best_epoch']}: {stop_name} loss "
             f"{summary['eval']['loss']:.4f}, accuracy {summary['eval']['accuracy']:.4f} "
             f"({summary['early_stopping_images']} images)")
+
+
+def saved_message(summary: dict, stop_name: str, section: str) -> str:
+    """The console's account of a training stage's metrics.json: the kept epoch, then the refit if `section`
+    asked for one (the summary then holds the choosing run under `selection`)."""
+    said = kept_message(summary.get("selection", summary), stop_name)
+    if summary["refit"]:
+        said += (f"; saved its refit on all {summary['training_images']} training images ({section}.refit): "
+                 f"training loss {summary['train']['loss']:.4f}, accuracy {summary['train']['accuracy']:.4f}")
+    return said
+
+
+def refit_notice(stage: str, images: int, epochs: int) -> str:
+    return f"{stage}: refit on all {images} training images for the {epochs} epoch(s) early stopping chose"

@@ -162,6 +162,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "l2": Float(0.0, 1.0),
         "label_smoothing": Float(0.0, 0.5),
         "schedule": Choice(SCHEDULES),
+        "refit": Bool(),
     },
     "finetune": {
         "enabled": Bool(),
@@ -207,6 +208,22 @@ SCHEMA: dict[str, dict[str, Any]] = {
 }
 
 
+def refit_problems(params: dict) -> list[str]:
+    """What a refit (head.refit, finetune.refit: a second run on the early-stopping slice too) cannot go with."""
+    problems = [f"{section}.refit: a refit has no stop set for {section}.schedule: plateau to watch; set "
+                f"{section}.schedule to constant or cosine, or {section}.refit: false"
+                for section in ("head", "finetune")
+                if isinstance(params.get(section), dict) and params[section]["refit"]
+                and params[section]["schedule"] == "plateau"]
+    head, finetune = params.get("head"), params.get("finetune")
+    if isinstance(head, dict) and isinstance(finetune, dict) and head["refit"] and finetune["enabled"]:
+        # Fine-tuning starts from the saved head and stops on train_head's slice, which that head trained on.
+        problems.append("head.refit: fine-tuning starts from the head and stops on the early-stopping slice, "
+                        "which a refitted head has trained on; set finetune.refit: true instead (it refits the "
+                        "head with the blocks) and head.refit: false, or finetune.enabled: false")
+    return problems
+
+
 def check_params(params: Any, source: str = PARAMS_FILE) -> dict[str, dict[str, Any]]:
     """Return params unchanged if valid, else raise one UserError naming every bad key."""
     if not isinstance(params, dict):
@@ -241,10 +258,8 @@ def check_params(params: Any, source: str = PARAMS_FILE) -> dict[str, dict[str, 
                 "prepare.validation_fraction + prepare.test_fraction: must be below 1 to leave training "
                 f"images, got {total:g}"
             )
-    finetune = params.get("finetune")
-    if isinstance(finetune, dict) and not problems and finetune["refit"] and finetune["schedule"] == "plateau":
-        problems.append("finetune.refit: a refit has no stop set for finetune.schedule: plateau to watch; "
-                        "set finetune.schedule to constant or cosine, or finetune.refit: false")
+    if not problems:
+        problems += refit_problems(params)
     if problems:
         raise UserError(f"{source} has {len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return params

@@ -64,12 +64,9 @@ def training_data(config, entries: list, classes: list[str], weights, paths: dic
 
 def what_was_saved(summary: dict, stop_name: str) -> str:
     """The console's account of metrics.json: the kept epoch, then the refit and the average when asked for."""
-    from bottleneck_clf.head import kept_message
+    from bottleneck_clf.head import saved_message
 
-    said = kept_message(summary.get("selection", summary), stop_name)
-    if summary["refit"]:
-        said += (f"; saved its refit on all {summary['training_images']} training images (finetune.refit): "
-                 f"training loss {summary['train']['loss']:.4f}, accuracy {summary['train']['accuracy']:.4f}")
+    said = saved_message(summary, stop_name, "finetune")
     if summary["ensemble"]:
         said += "; saved averaged with the frozen head (finetune.ensemble)"
     if "ensemble_stop_set" in summary:
@@ -96,7 +93,14 @@ def main() -> None:
         refit,
         stop_set_scores,
     )
-    from bottleneck_clf.head import kept_summary, refit_summary, seed_everything, stop_images, stopping_sets
+    from bottleneck_clf.head import (
+        kept_summary,
+        refit_notice,
+        refit_summary,
+        seed_everything,
+        stop_images,
+        stopping_sets,
+    )
     from bottleneck_clf.model_files import save_model
     from bottleneck_clf.vgg_weights import read_weights
 
@@ -147,8 +151,7 @@ def main() -> None:
                              model_name=name)
 
         if settings.refit:  # the stop set is a slice of training here: a test split was refused above
-            print(f"finetune: refit on all {len(fit[1])} training images for the {kept + 1} epoch(s) early "
-                  "stopping chose")
+            print(refit_notice("finetune", len(fit[1]), kept + 1))
             top = fresh_top(TOP_NAME)
             chosen = refit_summary(*refit(fit, top, len(classes), settings, seed, kept + 1, frozen_blocks), chosen)
         saved = {}

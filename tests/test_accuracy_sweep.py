@@ -91,3 +91,19 @@ def test_an_ensemble_row_lists_each_part_paired_with_the_average(sweep):
                            "| averaged | head | 96.00% | 90.00%-99.00% | 0.0500 | 3 / 2, p = 1 |",
                            "| older | head | 97.00% | 90.00%-99.00% | 0.0500 | - |"]
     assert sweep.paired(0, 0) == "0 / 0, p = 1" and sweep.paired(10, 0) == "10 / 0, p = 0.002"
+
+
+def test_a_row_is_paired_with_its_twin_when_the_sweep_scored_it(sweep):
+    """A lever under another seed is paired with the default under that seed, named in the cell; without its twin
+    (failed, or cut by --rows) with the default; a failed row gets nothing."""
+    baseline = {"right": scored({0, 1, 2})}
+    rows = {"seed 7: default": {"right": scored({3})}, "seed 7: lever": {"right": scored({3, 4, 5})},
+            "seed 3: lever": {"right": scored({0, 1})}, "failed": None}
+    twins = {"seed 7: lever": "seed 7: default", "seed 3: lever": "seed 3: default"}
+    sweep.pair_rows(baseline, rows, twins)
+    assert rows["seed 7: default"]["paired"] == "3 / 1, p = 0.62"
+    assert rows["seed 7: lever"]["paired"] == "0 / 2, p = 0.5 (against seed 7: default)"
+    assert rows["seed 3: lever"]["paired"] == "1 / 0, p = 1"  # its twin was not scored: the default
+    assert rows["failed"] is None
+    assert set(sweep.TWINS) <= {name for group in sweep.LEVERS.values() for name, _settings in group}
+    assert set(sweep.TWINS.values()) <= {name for group in sweep.LEVERS.values() for name, _settings in group}

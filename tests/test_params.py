@@ -82,14 +82,30 @@ def test_fractions_must_leave_training_images():
         check_params(params)
 
 
+@pytest.mark.parametrize("section", ["head", "finetune"])
 @pytest.mark.parametrize(("schedule", "ok"), [("constant", True), ("cosine", True), ("plateau", False)])
-def test_a_refit_has_no_stop_set_for_a_plateau_schedule(schedule, ok):
-    params = with_change("finetune", "refit", True)
-    params["finetune"]["schedule"] = schedule
+def test_a_refit_has_no_stop_set_for_a_plateau_schedule(section, schedule, ok):
+    params = with_change(section, "refit", True)
+    params[section]["schedule"] = schedule
     if ok:
         assert check_params(params) == params
     else:
-        with pytest.raises(ValueError, match="finetune.refit: a refit has no stop set for finetune.schedule: plateau"):
+        message = f"{section}.refit: a refit has no stop set for {section}.schedule: plateau"
+        with pytest.raises(ValueError, match=message):
+            check_params(params)
+
+
+@pytest.mark.parametrize(("finetune", "ok"), [({"enabled": False}, True), ({"enabled": True}, False),
+                                              ({"enabled": True, "refit": True}, False)])
+def test_a_refitted_head_is_not_fine_tuned(finetune, ok):
+    """Fine-tuning stops on the training slice that a refitted head has learned: finetune.refit is the way."""
+    params = with_change("head", "refit", True)
+    params["finetune"].update(finetune)
+    if ok:
+        assert check_params(params) == params
+    else:
+        with pytest.raises(ValueError, match="head.refit: fine-tuning starts from the head .* set finetune.refit: "
+                                             "true instead"):
             check_params(params)
 
 

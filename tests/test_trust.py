@@ -81,6 +81,55 @@ def test_with_a_test_split_early_stopping_watches_validation(project):
     assert json.loads((project / "metrics/eval/metrics.json").read_text())["split"] == "test"
 
 
+def test_head_refit_trains_again_on_every_training_image_for_the_chosen_epochs(project, capsys):
+    """head.refit: the run with early stopping only chooses the epoch count; the saved head is a fresh one trained
+    on the stop slice too, its batch-norm statistics those of every training row, and metrics.json describes it."""
+    make_presplit_folders(project / "data/raw", {"train": 20, "validation": 6})
+    update_params(project, {"head": {**JUMPY, "batch_size": 4}})
+    features_ready(project)
+    train_head.main()  # without refit: the run the refit repeats
+    plain = json.loads((project / "metrics/train/metrics.json").read_text())
+    plain_weights = keras.saving.load_model(project / "data/models/head.keras").get_weights()
+    capsys.readouterr()
+
+    update_params(project, {"head": {"refit": True}})
+    train_head.main()
+    out = capsys.readouterr().out
+    summary = json.loads((project / "metrics/train/metrics.json").read_text())
+    features, labels, _ = load_split(project / "data/features", "train")
+    assert summary["refit"] is True and plain["refit"] is False
+    assert summary["selection"] == {key: value for key, value in plain.items() if key != "refit"}
+    assert plain["early_stopping_images"] == 4 and summary["training_images"] == len(labels) == 40
+    assert summary["epochs_run"] == plain["best_epoch"] < plain["epochs_run"]
+    assert "eval" not in summary  # nothing held out is left to score it by
+    assert f"train_head: refit on all 40 training images for the {plain['best_epoch']} epoch(s)" in out
+    assert "saved its refit on all 40 training images (head.refit)" in out
+    # Keras' steps per epoch: the refit's cover all 40 images (10 steps of 4), the choosing run's 36 (9 steps).
+    chose, refit = out.split("train_head: refit on all")
+    assert "10/10 - " in refit and "9/9 - " in chose and "10/10 - " not in chose
+
+    model = keras.saving.load_model(project / "data/models/head.keras")
+    assert any(not np.array_equal(a, b) for a, b in zip(plain_weights, model.get_weights(), strict=True))
+    dense = keras.Model(model.inputs, model.get_layer("dense").output).predict(features, verbose=0)
+    norm = model.get_layer("batch_norm")
+    np.testing.assert_allclose(norm.moving_mean.numpy(), dense.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(norm.moving_variance.numpy(), dense.var(axis=0), rtol=1e-3, atol=1e-5)
+    evaluate.main()
+    assert json.loads((project / "metrics/eval/metrics.json").read_text())["split"] == "validation"
+
+
+def test_head_refit_with_a_test_split_is_one_clear_error_before_any_training(project):
+    from bottleneck_clf.errors import UserError
+
+    make_class_folders(project / "data/raw", per_class=10)
+    update_params(project, {"head": {"refit": True}})
+    features_ready(project)
+    with pytest.raises(UserError, match="made a test split.*set head.refit: false, or prepare.test_fraction: 0"):
+        train_head.main()
+    assert not (project / "data/models/head.keras").exists()
+    assert not (project / "metrics/train/metrics.json").exists()
+
+
 @pytest.mark.parametrize(
     ("labels", "fraction", "stop_count"),
     [([0] * 10 + [1] * 10, 0.1, 2), ([0] * 2 + [1] * 30, 0.1, 4), ([0, 1], 0.5, 0), ([0] * 3 + [1] * 3, 0.5, 4)],
