@@ -185,15 +185,14 @@ def finetune(fit: tuple, stop: tuple, top: keras.Model, n_classes: int, config: 
     return fit_kept(model, fit, stop, config, seed, callbacks)
 
 
-def refit(fit: tuple, top: keras.Model, n_classes: int, config: FinetuneConfig, seed: int, epochs: int,
+def refit(everything: tuple, top: keras.Model, n_classes: int, config: FinetuneConfig, seed: int, epochs: int,
           frozen: keras.Model | None = None) -> tuple[dict, int]:
-    """finetune.refit: train `top` (fresh from the head) on every training image, the rows `fit` left out for
-    early stopping too, for the `epochs` that early stopping chose, with no stop set left to choose by; returns
+    """finetune.refit: train `top` (fresh from the head) on `everything` (head.refit_set: the fitted rows and the
+    stop set that chose), for the `epochs` that early stopping chose, with no stop set left to choose by; returns
     (history, images trained on). Same model, optimizer, augmentation and seed as `finetune`; a cosine schedule
     decays over as many steps per epoch as the refit takes."""
     from bottleneck_clf.head import fit_epochs, seed_everything, stop_images
 
-    everything = (*fit[:2], None)  # every row of the split: the fitted ones and the stop slice
     # Seeded again here: the refit's dropout and shuffling do not depend on how far the first run drew.
     seed_everything(seed)
     model = compiled(top, n_classes, config, seed, everything, frozen)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -282,14 +283,33 @@ def train_head(fit: tuple, stop: tuple, n_classes: int, config: HeadConfig, seed
     return model, history, kept
 
 
-def refit_head(fit: tuple, n_classes: int, config: HeadConfig, seed: int, epochs: int):
-    """head.refit: a fresh head trained on every training row, the stop slice that `fit` left out too, for the
-    `epochs` early stopping chose; returns (model, history, images trained on). Seeded again, so its
-    initialisation and shuffling are the choosing run's, not wherever that run left the generators."""
-    everything = (*fit[:2], None)
+def refit_set(fit: tuple, stop: tuple, has_test: bool, scratch: Path | None = None) -> tuple:
+    """What a refit trains on, as (features, labels, None): every training row, the stop slice that `fit` left
+    out too; with a test split the stop set was validation, so validation joins instead. Test stays out.
+    With `scratch` (a folder) the joined features are a memory-mapped file there, not a copy in memory."""
+    if not has_test:
+        return (*fit[:2], None)
+    shape = (len(fit[0]) + len(stop[0]), *fit[0].shape[1:])
+    if scratch is None:
+        features = np.empty(shape, np.float32)
+    else:
+        features = np.lib.format.open_memmap(scratch / "refit.npy", mode="w+", dtype=np.float32, shape=shape)
+    features[:len(fit[0])], features[len(fit[0]):] = fit[0], stop[0]
+    return features, np.concatenate([fit[1], stop[1]]), None
+
+
+def refit_splits(has_test: bool) -> str:
+    """The splits a refit trains on, as the console and metrics.json name them."""
+    return "train + validation" if has_test else "training"
+
+
+def refit_head(everything: tuple, n_classes: int, config: HeadConfig, seed: int, epochs: int):
+    """head.refit: a fresh head trained on `everything` (refit_set) for the `epochs` early stopping chose;
+    returns (model, history, images trained on). Seeded again, so its initialisation and shuffling are the
+    choosing run's, not wherever that run left the generators."""
     seed_everything(seed)
     model = new_head(everything, n_classes, config)
-    # Its batch-norm statistics are those of every training row, as the choosing run's were of its fitted rows.
+    # Its batch-norm statistics are those of every row it trains on, as the choosing run's were of its fitted rows.
     history = fit_epochs(model, everything, config, seed, epochs, callbacks=precise_batch_norm(model, everything))
     return model, history, stop_images(everything)
 
@@ -310,13 +330,15 @@ def kept_summary(history: dict, kept: int, stop_images: int) -> dict:
     }
 
 
-def refit_summary(history: dict, images: int, selection: dict) -> dict:
-    """metrics.json after a refit: the saved model's own figures are its last epoch's on the training images
-    (nothing it did not train on is left to score it by), and `selection` is the run that chose its epochs."""
+def refit_summary(history: dict, images: int, splits: str, selection: dict) -> dict:
+    """metrics.json after a refit: the saved model's own figures are its last epoch's on the images it trained
+    on (nothing it did not train on but the reported split is left to score it by), and `selection` is the run
+    that chose its epochs."""
     return {
         "epochs_run": len(history["loss"]),
         "train": {"loss": float(history["loss"][-1]), "accuracy": float(history["accuracy"][-1])},
         "training_images": int(images),
+        "refit_splits": splits,
         "selection": selection,
     }
 
@@ -332,10 +354,11 @@ def saved_message(summary: dict, stop_name: str, section: str) -> str:
     asked for one (the summary then holds the choosing run under `selection`)."""
     said = kept_message(summary.get("selection", summary), stop_name)
     if summary["refit"]:
-        said += (f"; saved its refit on all {summary['training_images']} training images ({section}.refit): "
-                 f"training loss {summary['train']['loss']:.4f}, accuracy {summary['train']['accuracy']:.4f}")
+        said += (f"; saved its refit on all {summary['training_images']} {summary['refit_splits']} images "
+                 f"({section}.refit): training loss {summary['train']['loss']:.4f}, accuracy "
+                 f"{summary['train']['accuracy']:.4f}")
     return said
 
 
-def refit_notice(stage: str, images: int, epochs: int) -> str:
-    return f"{stage}: refit on all {images} training images for the {epochs} epoch(s) early stopping chose"
+def refit_notice(stage: str, images: int, splits: str, epochs: int) -> str:
+    return f"{stage}: refit on all {images} {splits} images for the {epochs} epoch(s) early stopping chose"

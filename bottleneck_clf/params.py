@@ -217,10 +217,10 @@ def refit_problems(params: dict) -> list[str]:
                 and params[section]["schedule"] == "plateau"]
     head, finetune = params.get("head"), params.get("finetune")
     if isinstance(head, dict) and isinstance(finetune, dict) and head["refit"] and finetune["enabled"]:
-        # Fine-tuning starts from the saved head and stops on train_head's slice, which that head trained on.
-        problems.append("head.refit: fine-tuning starts from the head and stops on the early-stopping slice, "
-                        "which a refitted head has trained on; set finetune.refit: true instead (it refits the "
-                        "head with the blocks) and head.refit: false, or finetune.enabled: false")
+        # Fine-tuning starts from the saved head and stops on train_head's stop set, which that head trained on.
+        problems.append("head.refit: fine-tuning starts from the head and stops on the images early stopping "
+                        "watches, which a refitted head has trained on; set finetune.refit: true instead (it "
+                        "refits the head with the blocks) and head.refit: false, or finetune.enabled: false")
     return problems
 
 

@@ -1,7 +1,8 @@
 """Stage `finetune`: train the top VGG16 blocks together with the head, when `finetune.enabled` is true.
 
 With `finetune.refit`, the run with early stopping only chooses the epoch count, and the saved model is a second
-run from the head on every training image for that many epochs.
+run from the head, for that many epochs, on every image early stopping watched as well: the slice of training,
+or the validation split when prepare made a test split. Evaluate's split stays out.
 
 Disabled, it only records that (an empty model folder and `enabled: false` in its metrics), so the stage
 costs nothing and evaluate and export use the head alone.
@@ -96,6 +97,8 @@ def main() -> None:
     from bottleneck_clf.head import (
         kept_summary,
         refit_notice,
+        refit_set,
+        refit_splits,
         refit_summary,
         seed_everything,
         stop_images,
@@ -124,11 +127,6 @@ def main() -> None:
     entries = read_manifest(paths["prepared"] / MANIFEST)
     classes = class_names(entries)
     has_test = any(e.split == "test" for e in entries)
-    if settings.refit and has_test:
-        # With a test split, early stopping watches validation, not a slice of training: no image to add.
-        raise UserError("params.yaml: finetune.refit adds the early-stopping slice of training back for a second "
-                        "run, but prepare made a test split, so early stopping watches validation and training "
-                        "has no slice to add; set finetune.refit: false, or prepare.test_fraction: 0")
     weights = read_weights(paths["weights"])
     with tempfile.TemporaryDirectory(prefix="finetune-maps-") as scratch:
         data, frozen_blocks = training_data(config, entries, classes, weights, paths, Path(scratch))
@@ -150,10 +148,13 @@ def main() -> None:
             return build_top(frozen_shape, settings.blocks, config.extract.pooling, weights, untouched,
                              model_name=name)
 
-        if settings.refit:  # the stop set is a slice of training here: a test split was refused above
-            print(refit_notice("finetune", len(fit[1]), kept + 1))
+        if settings.refit:
+            everything, splits = refit_set(fit, stop, has_test, Path(scratch)), refit_splits(has_test)
+            print(refit_notice("finetune", len(everything[1]), splits, kept + 1))
             top = fresh_top(TOP_NAME)
-            chosen = refit_summary(*refit(fit, top, len(classes), settings, seed, kept + 1, frozen_blocks), chosen)
+            refitted = refit(everything, top, len(classes), settings, seed, kept + 1, frozen_blocks)
+            chosen = refit_summary(*refitted, splits, chosen)
+            del everything
         saved = {}
         if settings.ensemble:
             top = ensemble_top(top, fresh_top(ENSEMBLE_PARTS["head"]))

@@ -1,7 +1,8 @@
 """Stage `train_head`: fit the dense head on the training features, validating each epoch.
 
 With `head.refit`, the run with early stopping only chooses the epoch count, and the saved head is a second run
-from scratch on every training image, the early-stopping slice too, for that many epochs.
+from scratch, for that many epochs, on every image early stopping watched as well: the slice of training, or
+the validation split when prepare made a test split. Evaluate's split stays out.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import write_json
 from bottleneck_clf.config import load_config
-from bottleneck_clf.errors import UserError
 from bottleneck_clf.features import load_meta, load_split
 from bottleneck_clf.head import (
     kept_summary,
     refit_head,
     refit_notice,
+    refit_set,
+    refit_splits,
     refit_summary,
     saved_message,
     seed_everything,
@@ -38,11 +40,6 @@ def main() -> None:
     seed_everything(seed)
     meta = load_meta(paths["features"])
     has_test = "test" in meta["counts"]
-    if config.head.refit and has_test:
-        # With a test split, early stopping watches validation, not a slice of training: no image to add.
-        raise UserError("params.yaml: head.refit adds the early-stopping slice of training back for a second run, "
-                        "but prepare made a test split, so early stopping watches validation and training has no "
-                        "slice to add; set head.refit: false, or prepare.test_fraction: 0")
     fit, stop, stop_name = stopping_sets(
         load_split(paths["features"], "train")[:2], load_split(paths["features"], "validation")[:2],
         has_test, config.head.early_stopping_fraction, seed)
@@ -51,10 +48,11 @@ def main() -> None:
     live = Live(str(paths["train_metrics"]), dvcyaml=False, save_dvc_exp=False)
     model, history, kept = train_head(fit, stop, n_classes, config.head, seed, callbacks=[DVCLiveCallback(live=live)])
     summary = kept_summary(history, kept, stop_images(stop))
-    if config.head.refit:  # the stop set is a slice of training here: a test split was refused above
-        print(refit_notice("train_head", len(fit[1]), kept + 1))
-        model, *refit = refit_head(fit, n_classes, config.head, seed, kept + 1)
-        summary = refit_summary(*refit, summary)
+    if config.head.refit:
+        everything, splits = refit_set(fit, stop, has_test), refit_splits(has_test)
+        print(refit_notice("train_head", len(everything[1]), splits, kept + 1))
+        model, *refit = refit_head(everything, n_classes, config.head, seed, kept + 1)
+        summary = refit_summary(*refit, splits, summary)
     save_model(model, paths["model"])
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's (or its refit).
     summary = {"refit": config.head.refit, **summary}

@@ -107,3 +107,20 @@ def test_a_row_is_paired_with_its_twin_when_the_sweep_scored_it(sweep):
     assert rows["failed"] is None
     assert set(sweep.TWINS) <= {name for group in sweep.LEVERS.values() for name, _settings in group}
     assert set(sweep.TWINS.values()) <= {name for group in sweep.LEVERS.values() for name, _settings in group}
+
+
+def test_a_twin_rows_difference_is_against_its_twin_not_the_default(sweep):
+    """The "vs default (or twin)" cell compares a twin row with the row it is paired with, whose interval decides
+    "no difference"; other rows are compared with the default."""
+    def row(accuracy, low, high):
+        return {"accuracy": accuracy, "low": low, "high": high, "loss": 0.1, "right": scored(set())}
+
+    baseline = row(0.50, 0.45, 0.55)
+    rows = {"seed 3: default": row(0.40, 0.35, 0.45), "seed 3: lever": row(0.48, 0.43, 0.53),
+            "other lever": row(0.48, 0.43, 0.53)}
+    sweep.pair_rows(baseline, rows, {"seed 3: lever": "seed 3: default"})
+    cells = {line.split(" | ")[0][2:]: line.split(" | ")[6] for line in
+             body(sweep.table(baseline, [(name, [], r, None) for name, r in rows.items()]))}
+    assert cells["seed 3: lever"] == "+8.00%"  # against 40 %, outside its +-5 points
+    assert cells["other lever"] == "-2.00% (within the interval: no difference)"  # against the default's 50 %
+    assert cells["seed 3: default"] == "-10.00%"

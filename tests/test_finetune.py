@@ -274,17 +274,26 @@ def test_refit_trains_again_on_every_training_image_for_the_chosen_epochs(projec
         "ensemble" if ensemble else "finetuned")
 
 
-def test_refit_with_a_test_split_is_one_clear_error_before_any_training(project):
-    from bottleneck_clf.errors import UserError
-
+def test_refit_with_a_test_split_trains_on_train_and_validation_and_leaves_test_out(project, capsys):
+    """With a test split the stop set was validation: the refit trains on train + validation, test stays out."""
     make_class_folders(project / "data/raw", per_class=8)
-    update_params(project, {"finetune": {"enabled": True, "refit": True}})
+    update_params(project, {"finetune": {"enabled": True, "epochs": 2, "patience": 1, "batch_size": 2,
+                                         "refit": True}})
     run_until_head()
-    before = sorted(p.name for p in (project / "data/models").rglob("*"))
-    with pytest.raises(UserError, match="made a test split.*finetune.refit: false, or prepare.test_fraction: 0"):
-        finetune.main()
-    assert sorted(p.name for p in (project / "data/models").rglob("*")) == before
-    assert not (project / "data/models/finetuned").exists()
+    capsys.readouterr()
+    finetune.main()
+    out = capsys.readouterr().out
+    counts = load_meta(project / "data/features")["counts"]
+    joined = counts["train"] + counts["validation"]
+    metrics = json.loads((project / "metrics/finetune/metrics.json").read_text())
+    assert metrics["refit_splits"] == "train + validation" and metrics["training_images"] == joined
+    assert metrics["selection"]["early_stopping_images"] == counts["validation"]
+    assert f"finetune: refit on all {joined} train + validation images for the " in out
+    steps = -(-joined // 2)
+    assert f"{steps}/{steps} - " in out.split("finetune: refit on all")[1]
+    evaluate.main()
+    scored = json.loads((project / "metrics/eval/metrics.json").read_text())
+    assert scored["split"] == "test" and scored["model"] == "finetuned"
 
 
 def three_class_top(name: str, kernel: np.ndarray) -> keras.Model:

@@ -10,7 +10,7 @@ import pytest
 from conftest import make_class_folders, make_presplit_folders, update_params
 
 from bottleneck_clf.evaluation import wilson_interval
-from bottleneck_clf.features import load_split
+from bottleneck_clf.features import load_meta, load_split
 from bottleneck_clf.head import FeatureBatches, stopping_rows
 from stages import evaluate, prepare, train_head, weights
 from stages import extract_features as extract_stage
@@ -97,7 +97,7 @@ def test_head_refit_trains_again_on_every_training_image_for_the_chosen_epochs(p
     out = capsys.readouterr().out
     summary = json.loads((project / "metrics/train/metrics.json").read_text())
     features, labels, _ = load_split(project / "data/features", "train")
-    assert summary["refit"] is True and plain["refit"] is False
+    assert summary["refit"] is True and plain["refit"] is False and summary["refit_splits"] == "training"
     assert summary["selection"] == {key: value for key, value in plain.items() if key != "refit"}
     assert plain["early_stopping_images"] == 4 and summary["training_images"] == len(labels) == 40
     assert summary["epochs_run"] == plain["best_epoch"] < plain["epochs_run"]
@@ -118,16 +118,30 @@ def test_head_refit_trains_again_on_every_training_image_for_the_chosen_epochs(p
     assert json.loads((project / "metrics/eval/metrics.json").read_text())["split"] == "validation"
 
 
-def test_head_refit_with_a_test_split_is_one_clear_error_before_any_training(project):
-    from bottleneck_clf.errors import UserError
-
+def test_head_refit_with_a_test_split_trains_on_train_and_validation_and_leaves_test_out(project, capsys):
+    """With a test split, early stopping watched validation: the refit adds validation, and evaluate scores test."""
     make_class_folders(project / "data/raw", per_class=10)
-    update_params(project, {"head": {"refit": True}})
+    update_params(project, {"head": {**JUMPY, "batch_size": 4, "refit": True}})
     features_ready(project)
-    with pytest.raises(UserError, match="made a test split.*set head.refit: false, or prepare.test_fraction: 0"):
-        train_head.main()
-    assert not (project / "data/models/head.keras").exists()
-    assert not (project / "metrics/train/metrics.json").exists()
+    counts = load_meta(project / "data/features")["counts"]
+    train_head.main()
+    out = capsys.readouterr().out
+    summary = json.loads((project / "metrics/train/metrics.json").read_text())
+    joined = counts["train"] + counts["validation"]
+    assert summary["refit_splits"] == "train + validation" and summary["training_images"] == joined
+    assert summary["selection"]["early_stopping_images"] == counts["validation"] and "eval" not in summary
+    assert f"train_head: refit on all {joined} train + validation images for the " in out
+    assert f"saved its refit on all {joined} train + validation images (head.refit)" in out
+    steps = -(-joined // 4)
+    assert f"{steps}/{steps} - " in out.split("train_head: refit on all")[1]
+    # Batch-norm statistics over exactly the rows it trained on: train and validation, not test.
+    model = keras.saving.load_model(project / "data/models/head.keras")
+    rows = np.concatenate([load_split(project / "data/features", split)[0] for split in ("train", "validation")])
+    dense = keras.Model(model.inputs, model.get_layer("dense").output).predict(rows, verbose=0)
+    np.testing.assert_allclose(model.get_layer("batch_norm").moving_mean.numpy(), dense.mean(axis=0),
+                               rtol=1e-4, atol=1e-5)
+    evaluate.main()
+    assert json.loads((project / "metrics/eval/metrics.json").read_text())["split"] == "test"
 
 
 @pytest.mark.parametrize(
