@@ -210,18 +210,11 @@ SCHEMA: dict[str, dict[str, Any]] = {
 
 def refit_problems(params: dict) -> list[str]:
     """What a refit (head.refit, finetune.refit: a second run on the early-stopping slice too) cannot go with."""
-    problems = [f"{section}.refit: a refit has no stop set for {section}.schedule: plateau to watch; set "
-                f"{section}.schedule to constant or cosine, or {section}.refit: false"
-                for section in ("head", "finetune")
-                if isinstance(params.get(section), dict) and params[section]["refit"]
-                and params[section]["schedule"] == "plateau"]
-    head, finetune = params.get("head"), params.get("finetune")
-    if isinstance(head, dict) and isinstance(finetune, dict) and head["refit"] and finetune["enabled"]:
-        # Fine-tuning starts from the saved head and stops on train_head's stop set, which that head trained on.
-        problems.append("head.refit: fine-tuning starts from the head and stops on the images early stopping "
-                        "watches, which a refitted head has trained on; set finetune.refit: true instead (it "
-                        "refits the head with the blocks) and head.refit: false, or finetune.enabled: false")
-    return problems
+    return [f"{section}.refit: a refit has no stop set for {section}.schedule: plateau to watch; set "
+            f"{section}.schedule to constant or cosine, or {section}.refit: false"
+            for section in ("head", "finetune")
+            if isinstance(params.get(section), dict) and params[section]["refit"]
+            and params[section]["schedule"] == "plateau"]
 
 
 def check_params(params: Any, source: str = PARAMS_FILE) -> dict[str, dict[str, Any]]:

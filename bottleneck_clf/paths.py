@@ -11,8 +11,8 @@ import yaml
 from bottleneck_clf.errors import UserError
 
 DVC_FILE = "dvc.yaml"
-NAMES = ("raw", "weights", "user_weights", "prepared", "features", "model", "train_metrics", "finetuned",
-         "finetune_metrics", "eval_metrics", "classifier", "machine", "export_metrics", "exclude",
+NAMES = ("raw", "weights", "user_weights", "prepared", "features", "model", "early_stopped_head", "train_metrics",
+         "finetuned", "finetune_metrics", "eval_metrics", "classifier", "machine", "export_metrics", "exclude",
          "audit_metrics")
 
 

@@ -4,6 +4,9 @@ With `finetune.refit`, the run with early stopping only chooses the epoch count,
 run from the head, for that many epochs, on every image early stopping watched as well: the slice of training,
 or the validation split when prepare made a test split. Evaluate's split stays out.
 
+It starts from the head early stopping kept (train_head's `early_stopped_head`), never from a head.refit's,
+which has trained on the stop set that fine-tuning stops on; finetune.ensemble averages with that head too.
+
 Disabled, it only records that (an empty model folder and `enabled: false` in its metrics), so the stage
 costs nothing and evaluate and export use the head alone.
 """
@@ -134,7 +137,7 @@ def main() -> None:
         # The same images to stop on as train_head's (same labels, fraction and seed).
         fit, stop, stop_name = stopping_sets(data["train"], data["validation"], has_test,
                                              config.head.early_stopping_fraction, seed)
-        head = keras.saving.load_model(paths["model"], compile=False)
+        head = keras.saving.load_model(paths["early_stopped_head"], compile=False)
         frozen_shape = map_shape(config.extract.image_size, settings.blocks)
         top = build_top(frozen_shape, settings.blocks, config.extract.pooling, weights, head)
         live = Live(str(paths["finetune_metrics"]), dvcyaml=False, save_dvc_exp=False)
@@ -144,7 +147,7 @@ def main() -> None:
 
         def fresh_top(name: str):
             # A fresh copy of the head: the one inside `top` was trained along with the blocks.
-            untouched = keras.saving.load_model(paths["model"], compile=False)
+            untouched = keras.saving.load_model(paths["early_stopped_head"], compile=False)
             return build_top(frozen_shape, settings.blocks, config.extract.pooling, weights, untouched,
                              model_name=name)
 

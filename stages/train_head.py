@@ -2,7 +2,8 @@
 
 With `head.refit`, the run with early stopping only chooses the epoch count, and the saved head is a second run
 from scratch, for that many epochs, on every image early stopping watched as well: the slice of training, or
-the validation split when prepare made a test split. Evaluate's split stays out.
+the validation split when prepare made a test split. Evaluate's split stays out. The head early stopping kept
+is saved either way (`early_stopped_head`): fine-tuning starts from it.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main() -> None:
     live = Live(str(paths["train_metrics"]), dvcyaml=False, save_dvc_exp=False)
     model, history, kept = train_head(fit, stop, n_classes, config.head, seed, callbacks=[DVCLiveCallback(live=live)])
     summary = kept_summary(history, kept, stop_images(stop))
+    # Fine-tuning starts from this one and stops on the same stop set, which a refitted head has trained on.
+    save_model(model, paths["early_stopped_head"])
     if config.head.refit:
         everything, splits = refit_set(fit, stop, has_test), refit_splits(has_test)
         print(refit_notice("train_head", len(everything[1]), splits, kept + 1))

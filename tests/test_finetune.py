@@ -190,7 +190,8 @@ def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(proje
     assert not np.array_equal(trained, original["block5_conv1"][0])
     np.testing.assert_array_equal(frozen, original["block5_conv1"][0])
     extractor = build_extractor(original, 32, "flatten", output=split_layer(1))
-    head = keras.saving.load_model(project / "data/models/head.keras")
+    # The head early stopping kept (before head.refit, the default): fine-tuning started from it.
+    head = keras.saving.load_model(project / "data/models/head_early_stopped.keras")
 
     def maps_of(split):
         features, labels, ids = load_split(project / "data/features", split)
@@ -294,6 +295,40 @@ def test_refit_with_a_test_split_trains_on_train_and_validation_and_leaves_test_
     evaluate.main()
     scored = json.loads((project / "metrics/eval/metrics.json").read_text())
     assert scored["split"] == "test" and scored["model"] == "finetuned"
+
+
+def same_weights(first: keras.Model, second: keras.Model) -> bool:
+    return all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights(), strict=True))
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_fine_tuning_starts_from_the_early_stopped_head_not_a_refitted_one(project, ensemble):
+    """head.refit and finetune.enabled go together: fine-tuning starts from the head early stopping kept (and
+    averages with it), so the fine-tuned model is the same whether the saved head was refitted or not."""
+    make_class_folders(project / "data/raw", per_class=8)
+    update_params(project, {"head": {"refit": False}, "finetune": {"enabled": True, "epochs": 2, "patience": 1,
+                                                                  "batch_size": 2, "ensemble": ensemble}})
+    run_until_head()
+    models = project / "data/models"
+
+    def load(name: str) -> keras.Model:
+        return keras.saving.load_model(models / name, compile=False)
+
+    plain_head = load("head.keras")
+    # Without a refit the two files are one head (the same bytes in a fresh process, so one DVC object).
+    assert same_weights(load("head_early_stopped.keras"), plain_head)
+    finetune.main()
+    plain_top = load("finetuned/model.keras")
+
+    update_params(project, {"head": {"refit": True}})
+    train_head.main()
+    assert same_weights(load("head_early_stopped.keras"), plain_head)
+    assert not same_weights(load("head.keras"), plain_head)  # the refit is the saved head
+    finetune.main()
+    assert same_weights(load("finetuned/model.keras"), plain_top)
+    evaluate.main()
+    assert json.loads((project / "metrics/eval/metrics.json").read_text())["model"] == (
+        "ensemble" if ensemble else "finetuned")
 
 
 def three_class_top(name: str, kernel: np.ndarray) -> keras.Model:

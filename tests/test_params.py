@@ -95,20 +95,6 @@ def test_a_refit_has_no_stop_set_for_a_plateau_schedule(section, schedule, ok):
             check_params(params)
 
 
-@pytest.mark.parametrize(("finetune", "ok"), [({"enabled": False}, True), ({"enabled": True}, False),
-                                              ({"enabled": True, "refit": True}, False)])
-def test_a_refitted_head_is_not_fine_tuned(finetune, ok):
-    """Fine-tuning stops on the training slice that a refitted head has learned: finetune.refit is the way."""
-    params = with_change("head", "refit", True)
-    params["finetune"].update(finetune)
-    if ok:
-        assert check_params(params) == params
-    else:
-        with pytest.raises(ValueError, match="head.refit: fine-tuning starts from the head .* set finetune.refit: "
-                                             "true instead"):
-            check_params(params)
-
-
 @pytest.mark.parametrize(
     ("override", "section", "key", "value"),
     [

@@ -34,7 +34,7 @@ def saved_model_loss_on(project, features, labels, rows):
 
 def test_summary_describes_the_saved_epoch_and_stops_on_a_training_slice(project):
     make_presplit_folders(project / "data/raw", {"train": 20, "validation": 6})
-    update_params(project, {"head": JUMPY})
+    update_params(project, {"head": {**JUMPY, "refit": False}})  # the early-stopped head itself
     features_ready(project)
     train_head.main()
 
@@ -73,6 +73,7 @@ def test_validation_never_shapes_the_head_without_a_test_split(project):
 
 def test_with_a_test_split_early_stopping_watches_validation(project):
     make_class_folders(project / "data/raw", per_class=10)
+    update_params(project, {"head": {"refit": False}})
     features_ready(project)
     train_head.main()
     summary = json.loads((project / "metrics/train/metrics.json").read_text())
@@ -85,7 +86,7 @@ def test_head_refit_trains_again_on_every_training_image_for_the_chosen_epochs(p
     """head.refit: the run with early stopping only chooses the epoch count; the saved head is a fresh one trained
     on the stop slice too, its batch-norm statistics those of every training row, and metrics.json describes it."""
     make_presplit_folders(project / "data/raw", {"train": 20, "validation": 6})
-    update_params(project, {"head": {**JUMPY, "batch_size": 4}})
+    update_params(project, {"head": {**JUMPY, "batch_size": 4, "refit": False}})
     features_ready(project)
     train_head.main()  # without refit: the run the refit repeats
     plain = json.loads((project / "metrics/train/metrics.json").read_text())
