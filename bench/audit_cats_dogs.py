@@ -106,9 +106,9 @@ def main() -> None:
         f"by features, {counts['near_duplicates']['by_hash']} by pHash, {counts['near_duplicates']['same_bytes']} "
         "identical bytes)",
         f"- of the top {args.top} suspects, real label errors when looked at: (fill in by hand, from "
-        "audit-cats-dogs/label_issues.png)",
+        "audit-cats-dogs/label_issues.png, written here but not committed: it shows the data's photos)",
         f"- of the top {args.top} pairs, real near-duplicates when looked at: (fill in by hand, from "
-        "audit-cats-dogs/near_duplicates.png)",
+        "audit-cats-dogs/near_duplicates.png, written here but not committed: it shows the data's photos)",
         "",
         f"Retrained without {len(leave)} training file(s) (the training suspects and the training side of each "
         "cross-split pair); both runs scored on the same validation files:",
