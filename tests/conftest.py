@@ -205,6 +205,30 @@ def copy_repo(template: Path, tmp_path: Path, monkeypatch) -> Path:
     return root
 
 
+FIRST_RUN_PER_CLASS = 10
+
+
+@pytest.fixture(scope="session")
+def first_run_template(tmp_path_factory, tiny_weights) -> Path:
+    """The tiny project with ten images a class (make_class_folders), reproduced from nothing and committed with
+    data/raw, once a session. Beside it (outside the repository): that repro's output, first-run.log, and its
+    feature cache, feature-cache."""
+
+    def first_run(root, env):
+        make_class_folders(root / "data/raw", per_class=FIRST_RUN_PER_CLASS)
+        (root.parent / "first-run.log").write_text(dvc(root, "repro", env=env).stdout, encoding="utf-8")
+        git(root, "add", "-A")
+        git(root, "commit", "-q", "-m", "first run")
+
+    return repo_template(tmp_path_factory, tiny_weights, "first-run", first_run)
+
+
+@pytest.fixture
+def first_run(first_run_template, tmp_path, monkeypatch) -> Path:
+    """A private copy of first_run_template, as the working directory (with the test's own empty feature cache)."""
+    return copy_repo(first_run_template, tmp_path, monkeypatch)
+
+
 @pytest.fixture
 def dvc_repo(project) -> Path:
     """The project copy as a real git + DVC repository with one commit."""

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 
 import pytest
-from conftest import dvc, git, make_class_folders
+from conftest import FIRST_RUN_PER_CLASS, dvc
 
 pytestmark = pytest.mark.slow
-PER_CLASS = 10
-IMAGES = 2 * PER_CLASS
+IMAGES = 2 * FIRST_RUN_PER_CLASS  # cats and dogs
 # Two experiments with a new extract setting, queued first so that the two workers start them together and
 # both need the same new features at once (the race the cache's encoding lock is for); then the head grid.
 GRID = {
@@ -63,13 +63,12 @@ def experiments(repo) -> dict[str, dict]:
     return found
 
 
-def test_queued_sweep_shares_the_feature_cache(dvc_repo, feature_cache):
-    repo = dvc_repo
-    make_class_folders(repo / "data/raw", per_class=PER_CLASS)
-    out = dvc(repo, "repro").stdout
-    assert f"{IMAGES} encoded" in out
-    git(repo, "add", "-A")  # data/raw too: the queue's temporary workspaces are made from the commit
-    git(repo, "commit", "-q", "-m", "baseline")
+def test_queued_sweep_shares_the_feature_cache(first_run_template, first_run, feature_cache):
+    # The baseline is the session's first run: committed with data/raw (the queue's temporary workspaces are made
+    # from the commit), every image encoded into its feature cache, which becomes this test's.
+    repo = first_run
+    assert f"{IMAGES} encoded" in (first_run_template.parent / "first-run.log").read_text()
+    shutil.copytree(first_run_template.parent / "feature-cache", feature_cache, dirs_exist_ok=True)
     (baseline_folder,) = [p for p in feature_cache.iterdir() if p.is_dir()]
 
     for name, changes in GRID.items():
