@@ -183,17 +183,27 @@ def make_repo(root: Path) -> Path:
     git(root, "config", "user.name", "tests")
     dvc(root, "init", "-q")
     dvc(root, "config", "core.autostage", "true")
-    git(root, "add", "-A")
-    git(root, "commit", "-q", "-m", "project")
+    commit(root, "project")
     return root
+
+
+def commit(root: Path, message: str) -> None:
+    """Commit everything in the working tree (untracked files too)."""
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", message)
 
 
 def repo_template(tmp_path_factory, tiny_weights: Path, name: str, build) -> Path:
     """A tiny project repository that `build(root, env)` brings to a state several tests start from, built once
     per session with its own feature cache (`env`); each test then works on a `copy_repo` of it."""
     root = make_repo(tiny_project(tmp_path_factory.mktemp(name) / "project", tiny_weights))
-    build(root, {"BOTTLENECK_FEATURE_CACHE": str(root.parent / "feature-cache")})
+    build(root, {"BOTTLENECK_FEATURE_CACHE": str(template_cache(root))})
     return root
+
+
+def template_cache(template: Path) -> Path:
+    """The feature cache a repo_template was built with, beside the repository."""
+    return template.parent / "feature-cache"
 
 
 def copy_repo(template: Path, tmp_path: Path, monkeypatch) -> Path:
@@ -211,16 +221,20 @@ FIRST_RUN_PER_CLASS = 10
 @pytest.fixture(scope="session")
 def first_run_template(tmp_path_factory, tiny_weights) -> Path:
     """The tiny project with ten images a class (make_class_folders), reproduced from nothing and committed with
-    data/raw, once a session. Beside it (outside the repository): that repro's output, first-run.log, and its
-    feature cache, feature-cache."""
+    data/raw, once a session. Beside it (outside the repository): that repro's output (first_run_log) and its
+    feature cache (template_cache)."""
 
     def first_run(root, env):
         make_class_folders(root / "data/raw", per_class=FIRST_RUN_PER_CLASS)
-        (root.parent / "first-run.log").write_text(dvc(root, "repro", env=env).stdout, encoding="utf-8")
-        git(root, "add", "-A")
-        git(root, "commit", "-q", "-m", "first run")
+        first_run_log(root).write_text(dvc(root, "repro", env=env).stdout, encoding="utf-8")
+        commit(root, "first run")
 
     return repo_template(tmp_path_factory, tiny_weights, "first-run", first_run)
+
+
+def first_run_log(template: Path) -> Path:
+    """What the first_run_template's `dvc repro` printed."""
+    return template.parent / "first-run.log"
 
 
 @pytest.fixture

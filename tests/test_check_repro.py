@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import copy_repo, dvc, git, repo_template, update_params, write_image
+from conftest import commit, copy_repo, dvc, git, repo_template, update_params, write_image
 
 from bottleneck_clf import machine, repro_check
 from bottleneck_clf.cli import run_command
@@ -19,8 +19,7 @@ pytestmark = pytest.mark.slow
 def committed_demo_run(repo, env: dict | None = None) -> None:
     write_demo_set(repo / "data/raw")  # the defaults, which check-repro regenerates
     dvc(repo, "repro", env=env)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "demo run: dvc.lock and metrics")
+    commit(repo, "demo run: dvc.lock and metrics")
 
 
 # A committed demo run costs a whole `dvc repro`; the tests that start from one each get a copy of the same
@@ -148,8 +147,7 @@ def commit_run_from_other_cpu(repo, env: dict | None = None) -> None:
         data["cpu"] = other_cpu()
         record.write_text(json.dumps(data, indent=2) + "\n")
     dvc(repo, "commit", "-f", "-q")  # the records are outputs: dvc.lock takes their new hashes
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "demo run made on another CPU")
+    commit(repo, "demo run made on another CPU")
 
 
 def clean_checkout(repo) -> None:

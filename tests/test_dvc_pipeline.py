@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from conftest import dvc, git, update_params, write_image
+from conftest import dvc, first_run_log, update_params, write_image
 
 pytestmark = pytest.mark.slow
 ALL_STAGES = {"weights", "prepare", "extract_features", "train_head", "finetune", "evaluate", "export", "audit"}
@@ -23,14 +23,9 @@ def repro(repo) -> set[str]:
     return stages_run(dvc(repo, "repro").stdout)
 
 
-def commit(repo, message: str) -> None:
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", message)
-
-
 def test_reruns_only_what_a_change_touches(first_run_template, first_run):
     # The first run from nothing is the template's (the same tiny project, built once a session).
-    assert stages_run((first_run_template.parent / "first-run.log").read_text()) == ALL_STAGES
+    assert stages_run(first_run_log(first_run_template).read_text()) == ALL_STAGES
     repo = first_run
     assert repro(repo) == set()
     assert dvc(repo, "status", "-q", check=False).returncode == 0

@@ -9,7 +9,7 @@ import shutil
 import time
 
 import pytest
-from conftest import FIRST_RUN_PER_CLASS, dvc
+from conftest import FIRST_RUN_PER_CLASS, dvc, first_run_log, template_cache
 
 pytestmark = pytest.mark.slow
 IMAGES = 2 * FIRST_RUN_PER_CLASS  # cats and dogs
@@ -67,8 +67,8 @@ def test_queued_sweep_shares_the_feature_cache(first_run_template, first_run, fe
     # The baseline is the session's first run: committed with data/raw (the queue's temporary workspaces are made
     # from the commit), every image encoded into its feature cache, which becomes this test's.
     repo = first_run
-    assert f"{IMAGES} encoded" in (first_run_template.parent / "first-run.log").read_text()
-    shutil.copytree(first_run_template.parent / "feature-cache", feature_cache, dirs_exist_ok=True)
+    assert f"{IMAGES} encoded" in first_run_log(first_run_template).read_text()
+    shutil.copytree(template_cache(first_run_template), feature_cache, dirs_exist_ok=True)
     (baseline_folder,) = [p for p in feature_cache.iterdir() if p.is_dir()]
 
     for name, changes in GRID.items():
