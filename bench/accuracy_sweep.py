@@ -1,6 +1,6 @@
 """The accuracy sweep behind README "Accuracy levers", run the way a user would: queued DVC experiments.
 
-    python bench/accuracy_sweep.py [--data ../shared/data/cats-dogs-small] [--group head|size|finetune|all]
+    python bench/accuracy_sweep.py [--data ../shared/data/cats-dogs-small] [--group head|size|size-large|finetune|all]
                                    [--jobs 1] [--keep /path/to/repo] [--report-only] [--rows 0,2]
                                    [--without LIST]
 
@@ -17,8 +17,9 @@ reported apart, never instead (README, "Audit").
 
 Groups: head (minutes: every head lever on the cached features), head-refit (the head without its refit under three
 seeds, each beside the default under its seed), size (image size 256 and 288: new features,
-~1.3x and ~1.7x the 224 px extraction), defaults (288 px and batch normalisation, alone, together and under a
-second seed: the candidates for params.yaml, run on every data set), flip (the flip TTA rows alone),
+~1.3x and ~1.7x the 224 px extraction), size-large (320 and 352 px under three seeds: ~2.0x and ~2.5x),
+defaults (288 px and batch normalisation, alone, together and under a second seed: the candidates for
+params.yaml, run on every data set), flip (the flip TTA rows alone),
 finetune (one and two blocks, smoothing and cosine, pixel-level augmentation: the frozen-block maps once,
 then minutes per epoch), all. The 2016 recipe is a row of the head group.
 """
@@ -134,10 +135,24 @@ LEVERS = {
         ("seed 7: no head refit: the early-stopped head", ["base.seed=7", "head.refit=false"]),
         ("seed 3: no head refit: the early-stopped head", ["base.seed=3", "head.refit=false"]),
     ],
+    # 288 px beat 224 and 256 (the size group): past it, 320 and 352 px (2.0x and 2.5x the 224 px VGG16 pass),
+    # each under the three seeds the refit rows ran, each paired within its seed (TWINS), so that a size is
+    # judged on 2400 predictions rather than 800.
+    "size-large": [
+        ("seed 7: default", ["base.seed=7"]),
+        ("seed 3: default", ["base.seed=3"]),
+        ("image size 320", ["extract.image_size=320"]),
+        ("seed 7: image size 320", ["base.seed=7", "extract.image_size=320"]),
+        ("seed 3: image size 320", ["base.seed=3", "extract.image_size=320"]),
+        ("image size 352", ["extract.image_size=352"]),
+        ("seed 7: image size 352", ["base.seed=7", "extract.image_size=352"]),
+        ("seed 3: image size 352", ["base.seed=3", "extract.image_size=352"]),
+    ],
 }
 # Rows paired with another row of the sweep rather than with the default: a lever under another seed against
 # the default under that seed, the same images scored by two models that differ only in the lever.
 TWINS = {
+    **{f"seed {seed}: image size {size}": f"seed {seed}: default" for seed in (7, 3) for size in (320, 352)},
     "seed 7: no head refit: the early-stopped head": "seed 7: default",
     "seed 3: no head refit: the early-stopped head": "seed 3: default",
 }
