@@ -42,6 +42,17 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from project_copy import copy_project  # noqa: E402
 
+# The seeds besides params.yaml's 42 that a lever is rerun under, each row paired with the default under its
+# own seed (TWINS): a seed moves the early-stopping slice, the head's initialisation and prepare's own split.
+SEEDS = (7, 3)
+SEED_DEFAULTS = [(f"seed {seed}: default", [f"base.seed={seed}"]) for seed in SEEDS]
+
+
+def under_seeds(name: str, settings: list[str]) -> list[tuple[str, list[str]]]:
+    """The lever's row under seed 42, then one per SEEDS, named "seed N: <name>"."""
+    return [(name, settings), *((f"seed {seed}: {name}", [f"base.seed={seed}", *settings]) for seed in SEEDS)]
+
+
 # (row name, the -S settings): one queued experiment each.
 LEVERS = {
     "head": [
@@ -128,34 +139,17 @@ LEVERS = {
     # round): the head trained again on training and the stop set (the slice of training, or validation when
     # prepare made a test split, as on dog-breeds-120) for the epochs early stopping kept, against the head early
     # stopping kept, under the three seeds the fine-tuning refit ran, each paired within its seed (TWINS).
-    "head-refit": [
-        ("seed 7: default", ["base.seed=7"]),
-        ("seed 3: default", ["base.seed=3"]),
-        ("no head refit: the early-stopped head", ["head.refit=false"]),
-        ("seed 7: no head refit: the early-stopped head", ["base.seed=7", "head.refit=false"]),
-        ("seed 3: no head refit: the early-stopped head", ["base.seed=3", "head.refit=false"]),
-    ],
+    "head-refit": [*SEED_DEFAULTS, *under_seeds("no head refit: the early-stopped head", ["head.refit=false"])],
     # 288 px beat 224 and 256 (the size group): past it, 320 and 352 px (2.0x and 2.5x the 224 px VGG16 pass),
     # each under the three seeds the refit rows ran, each paired within its seed (TWINS), so that a size is
     # judged on 2400 predictions rather than 800.
-    "size-large": [
-        ("seed 7: default", ["base.seed=7"]),
-        ("seed 3: default", ["base.seed=3"]),
-        ("image size 320", ["extract.image_size=320"]),
-        ("seed 7: image size 320", ["base.seed=7", "extract.image_size=320"]),
-        ("seed 3: image size 320", ["base.seed=3", "extract.image_size=320"]),
-        ("image size 352", ["extract.image_size=352"]),
-        ("seed 7: image size 352", ["base.seed=7", "extract.image_size=352"]),
-        ("seed 3: image size 352", ["base.seed=3", "extract.image_size=352"]),
-    ],
+    "size-large": [*SEED_DEFAULTS, *under_seeds("image size 320", ["extract.image_size=320"]),
+                   *under_seeds("image size 352", ["extract.image_size=352"])],
 }
 # Rows paired with another row of the sweep rather than with the default: a lever under another seed against
 # the default under that seed, the same images scored by two models that differ only in the lever.
-TWINS = {
-    **{f"seed {seed}: image size {size}": f"seed {seed}: default" for seed in (7, 3) for size in (320, 352)},
-    "seed 7: no head refit: the early-stopped head": "seed 7: default",
-    "seed 3: no head refit: the early-stopped head": "seed 3: default",
-}
+TWINS = {f"seed {seed}: {name}": f"seed {seed}: default" for seed in SEEDS
+         for name in ("no head refit: the early-stopped head", "image size 320", "image size 352")}
 
 
 def sh(command: list[str], cwd: Path) -> str:
