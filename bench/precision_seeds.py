@@ -53,9 +53,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
     args = parser.parse_args()
     from bottleneck_clf.config import HeadConfig
-    from bottleneck_clf.evaluation import predict_labels
     from bottleneck_clf.features import load_meta, load_split
     from bottleneck_clf.head import probabilities, seed_everything, stopping_sets, train_head
+    from bottleneck_clf.scoring import predict_labels
 
     work = Path(tempfile.mkdtemp(prefix="precision-seeds-"))
     repo = make_repo(work / "repo", args.data)

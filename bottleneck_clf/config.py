@@ -72,6 +72,7 @@ class HeadConfig(Section):
     label_smoothing: float
     schedule: str
     refit: bool
+    ensemble: int
 
 
 @dataclass(frozen=True)

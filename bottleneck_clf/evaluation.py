@@ -10,6 +10,7 @@ import numpy as np
 
 from bottleneck_clf.atomic import atomic_path
 from bottleneck_clf.errors import UserError
+from bottleneck_clf.scoring import accuracy_and_loss, predict_labels
 
 
 def choose_split(requested: str, available: list[str]) -> str:
@@ -24,13 +25,6 @@ def choose_split(requested: str, available: list[str]) -> str:
     return requested
 
 
-def predict_labels(probs: np.ndarray, threshold: float) -> np.ndarray:
-    """Two classes: the second class when its probability reaches `threshold`. More: the most probable."""
-    if probs.shape[1] == 2:
-        return (probs[:, 1] >= threshold).astype(np.int64)
-    return probs.argmax(axis=1)
-
-
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
     """95 % Wilson score interval of a proportion: stays inside [0, 1] and is honest near 100 %."""
     if trials == 0:
@@ -41,17 +35,6 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
     # The interval holds p exactly; round-off alone put 4 right of 4 at 0.9999999999999999.
     return float(max(0.0, min(p, center - half))), float(min(1.0, max(p, center + half)))
-
-
-def accuracy_and_loss(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
-    """Accuracy under the decision rule and log loss: the one measure for every score the project reports."""
-    from sklearn.metrics import accuracy_score, log_loss
-
-    return {
-        "accuracy": float(accuracy_score(labels, predict_labels(probs, threshold))),
-        # float32 softmax sums drift from 1 by ~1e-7; sklearn wants exact probabilities.
-        "loss": float(log_loss(labels, probs / probs.sum(axis=1, keepdims=True), labels=list(range(probs.shape[1])))),
-    }
 
 
 def evaluate(probs: np.ndarray, labels: np.ndarray, classes: list[str], threshold: float) -> dict:

@@ -18,7 +18,7 @@ from keras import layers
 
 from bottleneck_clf.config import ExtractConfig, FinetuneConfig
 from bottleneck_clf.errors import UserError
-from bottleneck_clf.evaluation import accuracy_and_loss
+from bottleneck_clf.scoring import accuracy_and_loss
 from bottleneck_clf.vgg_weights import VGG16_CONV_LAYERS
 
 BLOCKS = (1, 2, 3, 4)

@@ -314,6 +314,56 @@ def refit_head(everything: tuple, n_classes: int, config: HeadConfig, seed: int,
     return model, history, stop_images(everything)
 
 
+def member_seed(seed: int, member: int) -> int:
+    """head.ensemble: the seed of member `member`. Member 0's is the single head's, so `ensemble: 1` saves exactly
+    the head it always did; the others are far apart so that no two members of nearby base seeds coincide."""
+    return seed + 1000 * member
+
+
+def average_heads(members: list) -> keras.Model:
+    """head.ensemble: features -> the mean of the members' probabilities, one model to save, evaluate and export
+    (a single member is returned as it is). The members see the same features and stop set and differ only in
+    initialisation and batch order; where they err on different images, the mean can right some of each one's
+    mistakes (README, "Accuracy levers")."""
+    if len(members) == 1:
+        return members[0]
+    inputs = keras.Input(shape=members[0].input_shape[1:], name="features")
+    parts = []
+    for index, member in enumerate(members):
+        # Uncompiled copies: the saved file would otherwise carry each member's optimizer state, which nothing
+        # loads; nested models need names of their own.
+        part = keras.Model.from_config(member.get_config())
+        part.set_weights(member.get_weights())
+        part.name = f"head_{index}"
+        parts.append(part)
+    mean = layers.Average(name="average")([part(inputs) for part in parts])
+    return keras.Model(inputs, mean, name="head_ensemble")
+
+
+def rows_of(data: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of (features, labels, rows): the rows picked, or all of it."""
+    features, labels, rows = data
+    if rows is None:
+        return features, np.asarray(labels)
+    return np.asarray(features)[rows], np.asarray(labels)[rows]
+
+
+def ensemble_summary(model, members: list[dict], trained_on: tuple, stop: tuple | None) -> dict:
+    """metrics.json of an averaged head: the saved average's own accuracy and log loss on the images its members
+    trained on, and on the stop set when none of them trained on it (no refit); each member's summary under
+    `members` (member 0's is what a single head would have written)."""
+    from bottleneck_clf.scoring import accuracy_and_loss
+
+    def score(data):
+        features, labels = rows_of(data)
+        return accuracy_and_loss(probabilities(model, features), labels, 0.5)
+
+    summary = {"ensemble": len(members), "train": score(trained_on), "training_images": stop_images(trained_on)}
+    if stop is not None:
+        summary["eval"] = score(stop)
+    return {**summary, "members": members}
+
+
 def stop_images(stop: tuple) -> int:
     """How many images the stop set (features, labels, rows) holds: its rows, or all of it."""
     return len(stop[2]) if stop[2] is not None else len(stop[1])
@@ -351,13 +401,26 @@ def kept_message(summary: dict, stop_name: str) -> str:
 
 def saved_message(summary: dict, stop_name: str, section: str) -> str:
     """The console's account of a training stage's metrics.json: the kept epoch, then the refit if `section`
-    asked for one (the summary then holds the choosing run under `selection`)."""
+    asked for one (the summary then holds the choosing run under `selection`), or the average of an ensemble."""
+    if "members" in summary:
+        return ensemble_message(summary, stop_name, section)
     said = kept_message(summary.get("selection", summary), stop_name)
     if summary["refit"]:
         said += (f"; saved its refit on all {summary['training_images']} {summary['refit_splits']} images "
                  f"({section}.refit): training loss {summary['train']['loss']:.4f}, accuracy "
                  f"{summary['train']['accuracy']:.4f}")
     return said
+
+
+def ensemble_message(summary: dict, stop_name: str, section: str) -> str:
+    """The console's account of an averaged head (head.ensemble): its own figures, then member 1's."""
+    said = (f"saved the average of {summary['ensemble']} heads ({section}.ensemble): accuracy "
+            f"{summary['train']['accuracy']:.4f}, log loss {summary['train']['loss']:.4f} on the "
+            f"{summary['training_images']} images they trained on")
+    if "eval" in summary:
+        said += (f", accuracy {summary['eval']['accuracy']:.4f}, log loss {summary['eval']['loss']:.4f} on the "
+                 f"{stop_name}")
+    return f"{said}; member 1: {saved_message(summary['members'][0], stop_name, section)}"
 
 
 def refit_notice(stage: str, images: int, splits: str, epochs: int) -> str:

@@ -163,6 +163,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "label_smoothing": Float(0.0, 0.5),
         "schedule": Choice(SCHEDULES),
         "refit": Bool(),
+        "ensemble": Int(1, 32),
     },
     "finetune": {
         "enabled": Bool(),

@@ -24,10 +24,10 @@ import numpy as np
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import atomic_path
 from bottleneck_clf.errors import UserError
-from bottleneck_clf.evaluation import predict_labels
 from bottleneck_clf.export import CLASSES_FILE
 from bottleneck_clf.images import BadImage, decode_rgb, list_files
 from bottleneck_clf.params import check_threshold
+from bottleneck_clf.scoring import predict_labels
 
 DEFAULT_THRESHOLD = 0.5  # for a model exported before classes.json recorded evaluate.threshold
 DEFAULT_BATCH_SIZE = 32  # images per runtime call

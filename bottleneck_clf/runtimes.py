@@ -348,8 +348,8 @@ def check_formats(folder: Path, formats: list[str], image_paths: list[Path], ref
 
     from tqdm import tqdm
 
-    from bottleneck_clf.evaluation import predict_labels
     from bottleneck_clf.images import load_array
+    from bottleneck_clf.scoring import predict_labels
 
     _, actual, predicted, expected = reference
     runners = {fmt: load_runner(folder / FILES[fmt]) for fmt in formats}

@@ -173,9 +173,9 @@ def test_pixel_augmentation_trains_the_top_on_images(project, capsys):
 def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(project, capsys):
     """finetune.ensemble: one saved model, the fine-tuned top and the untouched head side by side on the same maps,
     averaged; its stop-set figures in finetune's metrics and each part's score beside evaluate's."""
-    from bottleneck_clf.evaluation import predict_labels
     from bottleneck_clf.finetune import ensemble_parts
     from bottleneck_clf.images import load_array
+    from bottleneck_clf.scoring import predict_labels
 
     make_class_folders(project / "data/raw", per_class=8)
     update_params(project, {"finetune": {"enabled": True, "ensemble": True}})

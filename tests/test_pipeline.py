@@ -10,9 +10,9 @@ import pytest
 from conftest import make_class_folders, make_presplit_folders, update_params
 
 from bottleneck_clf.evaluation import evaluate as score
-from bottleneck_clf.evaluation import predict_labels
 from bottleneck_clf.features import build_extractor, load_meta, load_split
 from bottleneck_clf.images import load_array
+from bottleneck_clf.scoring import predict_labels
 from stages import evaluate, prepare, train_head, weights
 from stages import extract_features as extract_stage
 
