@@ -329,39 +329,45 @@ def average_heads(members: list) -> keras.Model:
         return members[0]
     inputs = keras.Input(shape=members[0].input_shape[1:], name="features")
     parts = []
-    for index, member in enumerate(members):
+    for number, member in enumerate(members, start=1):
         # Uncompiled copies: the saved file would otherwise carry each member's optimizer state, which nothing
-        # loads; nested models need names of their own.
+        # loads; nested models need names of their own (numbered from 1, as metrics.json and the console do).
         part = keras.Model.from_config(member.get_config())
         part.set_weights(member.get_weights())
-        part.name = f"head_{index}"
+        part.name = f"head_{number}"
         parts.append(part)
     mean = layers.Average(name="average")([part(inputs) for part in parts])
     return keras.Model(inputs, mean, name="head_ensemble")
 
 
-def rows_of(data: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """(features, labels) of (features, labels, rows): the rows picked, or all of it."""
+def scored_rows(model, data: tuple, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, labels) of (features, labels, rows): the rows picked, or all of it, a slice at a time, so
+    memory-mapped features are never all read at once."""
     features, labels, rows = data
-    if rows is None:
-        return features, np.asarray(labels)
-    return np.asarray(features)[rows], np.asarray(labels)[rows]
+    rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
+    chunks = [probabilities(model, features[rows[i : i + batch_size]]) for i in range(0, len(rows), batch_size)]
+    return np.concatenate(chunks), np.asarray(labels)[rows]
 
 
-def ensemble_summary(model, members: list[dict], trained_on: tuple, stop: tuple | None) -> dict:
-    """metrics.json of an averaged head: the saved average's own accuracy and log loss on the images its members
-    trained on, and on the stop set when none of them trained on it (no refit); each member's summary under
-    `members` (member 0's is what a single head would have written)."""
+def ensemble_summary(model, members: list[dict], fit: tuple, stop: tuple, refit: bool) -> dict:
+    """metrics.json of an averaged head: the saved average's own accuracy and log loss (inference mode, no dropout,
+    penalty or smoothing: not the members' training losses, hence keys of their own) on the images its members
+    trained on (`fit`, and `stop` too after a refit) and on the stop set when none of them trained on it;
+    each member's summary under `members`, by number from 1 (member 1's is what a single head writes)."""
     from bottleneck_clf.scoring import accuracy_and_loss
 
-    def score(data):
-        features, labels = rows_of(data)
-        return accuracy_and_loss(probabilities(model, features), labels, 0.5)
+    def score(*sets):
+        probs, labels = zip(*(scored_rows(model, data) for data in sets), strict=True)
+        figures = accuracy_and_loss(np.concatenate(probs), np.concatenate(labels), 0.5)
+        return {"accuracy": figures["accuracy"], "log_loss": figures["loss"]}
 
-    summary = {"ensemble": len(members), "train": score(trained_on), "training_images": stop_images(trained_on)}
-    if stop is not None:
-        summary["eval"] = score(stop)
-    return {**summary, "members": members}
+    trained_on = (fit, stop) if refit else (fit,)
+    average = {"trained_on": score(*trained_on)}
+    if not refit:
+        average["stop_set"] = score(stop)
+    return {"ensemble": len(members), "average": average,
+            "training_images": sum(stop_images(data) for data in trained_on),
+            "members": {str(number): member for number, member in enumerate(members, start=1)}}
 
 
 def stop_images(stop: tuple) -> int:
@@ -414,13 +420,14 @@ def saved_message(summary: dict, stop_name: str, section: str) -> str:
 
 def ensemble_message(summary: dict, stop_name: str, section: str) -> str:
     """The console's account of an averaged head (head.ensemble): its own figures, then member 1's."""
+    average = summary["average"]
     said = (f"saved the average of {summary['ensemble']} heads ({section}.ensemble): accuracy "
-            f"{summary['train']['accuracy']:.4f}, log loss {summary['train']['loss']:.4f} on the "
+            f"{average['trained_on']['accuracy']:.4f}, log loss {average['trained_on']['log_loss']:.4f} on the "
             f"{summary['training_images']} images they trained on")
-    if "eval" in summary:
-        said += (f", accuracy {summary['eval']['accuracy']:.4f}, log loss {summary['eval']['loss']:.4f} on the "
-                 f"{stop_name}")
-    return f"{said}; member 1: {saved_message(summary['members'][0], stop_name, section)}"
+    if "stop_set" in average:
+        said += (f", accuracy {average['stop_set']['accuracy']:.4f}, log loss "
+                 f"{average['stop_set']['log_loss']:.4f} on the {stop_name}")
+    return f"{said}; member 1: {saved_message(summary['members']['1'], stop_name, section)}"
 
 
 def refit_notice(stage: str, images: int, splits: str, epochs: int) -> str:

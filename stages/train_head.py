@@ -74,16 +74,15 @@ def main() -> None:
     save_model(early_stopped, paths["early_stopped_head"])
     members, summaries = [model], [summary]
     for member in range(1, config.head.ensemble):
-        print(f"train_head: ensemble member {member + 1} of {config.head.ensemble} (seed {member_seed(seed, member)})")
-        seed_everything(member_seed(seed, member))
-        _, model, summary = train_member(fit, stop, has_test, n_classes, config.head, member_seed(seed, member))
+        member_seeded = member_seed(seed, member)
+        print(f"train_head: head {member + 1} of {config.head.ensemble} (head.ensemble), seed {member_seeded}")
+        seed_everything(member_seeded)
+        _, model, summary = train_member(fit, stop, has_test, n_classes, config.head, member_seeded)
         members.append(model)
         summaries.append(summary)
     model = average_heads(members)
     if len(members) > 1:  # the saved average's own figures; each member's under `members`
-        trained_on = refit_set(fit, stop, has_test) if config.head.refit else fit
-        summary = {"refit": config.head.refit,
-                   **ensemble_summary(model, summaries, trained_on, None if config.head.refit else stop)}
+        summary = {"refit": config.head.refit, **ensemble_summary(model, summaries, fit, stop, config.head.refit)}
     save_model(model, paths["model"])
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's (or its refit, or their average).
     write_json(paths["train_metrics"] / "metrics.json", summary)

@@ -1,7 +1,8 @@
 """head.ensemble: several heads from other seeds, averaged into the one saved head that evaluate and export use.
 
-With `ensemble: 1` the head is exactly the single head; with more, member 0 is that head, the early-stopped head
-fine-tuning starts from is unchanged, and metrics.json describes the saved average (README "Accuracy levers")."""
+With `ensemble: 1` the head is exactly the single head; with more, member 1 is that head, the early-stopped head
+fine-tuning starts from is unchanged, and metrics.json describes the saved average (README "Preprocessing and the
+head")."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_the_average_is_the_mean_of_its_members_and_survives_a_save(n_classes, t
     each = [probabilities(member, features) for member in members]
     assert not np.allclose(each[0], each[1]), "members from other seeds should differ"
     ensemble = average_heads(members)
-    assert [layer.name for layer in ensemble.layers] == ["features", "head_0", "head_1", "head_2", "average"]
+    assert [layer.name for layer in ensemble.layers] == ["features", "head_1", "head_2", "head_3", "average"]
     np.testing.assert_allclose(probabilities(ensemble, features), np.mean(each, axis=0), atol=1e-6)
     save_model(ensemble, tmp_path / "head.keras")
     loaded = keras.saving.load_model(tmp_path / "head.keras", compile=False)  # safe mode
@@ -64,43 +65,60 @@ def saved(project) -> dict[str, list[np.ndarray]]:
     return {name: weights_of(project / f"data/models/{name}.keras") for name in ("head", "head_early_stopped")}
 
 
+def rows(project, split: str):
+    from bottleneck_clf.features import load_split
+
+    features, labels, _ = load_split(project / "data/features", split)
+    return np.asarray(features), np.asarray(labels)
+
+
+@pytest.mark.parametrize("test_split", [True, False], ids=["test-split", "stop-slice"])
 @pytest.mark.parametrize("refit", [True, False], ids=["refit", "no-refit"])
-def test_the_stage_saves_the_average_with_member_0_as_the_single_head(project, refit):
+def test_the_stage_saves_the_average_with_member_1_as_the_single_head(project, refit, test_split):
+    from bottleneck_clf.head import stopping_rows
+
     make_class_folders(project / "data/raw", per_class=10)
+    update_params(project, {"prepare": {"test_fraction": 0.2 if test_split else 0.0}})
     single = run_to_evaluate(project, ensemble=1, refit=refit)
     one = saved(project)
     summary = run_to_evaluate(project, ensemble=3, refit=refit)
     three = saved(project)
 
-    # Fine-tuning's starting point does not depend on head.ensemble; member 0 is the single head.
+    # Fine-tuning's starting point does not depend on head.ensemble; member 1 is the single head.
     assert same_weights(three["head_early_stopped"], one["head_early_stopped"])
     model = keras.saving.load_model(project / "data/models/head.keras", compile=False)
-    assert model.name == "head_ensemble" and [m.name for m in model.layers[1:4]] == ["head_0", "head_1", "head_2"]
-    assert same_weights(model.get_layer("head_0").get_weights(), one["head"])
-    assert not same_weights(model.get_layer("head_1").get_weights(), one["head"])
+    assert model.name == "head_ensemble" and [m.name for m in model.layers[1:4]] == ["head_1", "head_2", "head_3"]
+    assert same_weights(model.get_layer("head_1").get_weights(), one["head"])
+    assert not same_weights(model.get_layer("head_2").get_weights(), one["head"])
 
-    # metrics.json: the saved average's own figures, each member's summary (member 0's the single head's).
-    assert summary["ensemble"] == 3 and summary["refit"] is refit and len(summary["members"]) == 3
-    assert summary["members"][0] == single
-    from bottleneck_clf.features import load_split
+    # metrics.json: the saved average's own figures, each member's summary (member 1's the single head's).
+    assert summary["ensemble"] == 3 and summary["refit"] is refit
+    assert list(summary["members"]) == ["1", "2", "3"] and summary["members"]["1"] == single
+    train, train_labels = rows(project, "train")
+    validation, validation_labels = rows(project, "validation")
+    if test_split:  # the stop set is validation
+        fit, stop = (train, train_labels), (validation, validation_labels)
+    else:  # the stop set is a seeded slice of training (base.seed 42)
+        fit_rows, stop_rows = stopping_rows(train_labels, 0.1, 42)
+        fit, stop = (train[fit_rows], train_labels[fit_rows]), (train[stop_rows], train_labels[stop_rows])
+    trained_on = tuple(np.concatenate(pair) for pair in zip(fit, stop, strict=True)) if refit else fit
 
-    features, labels, _ = load_split(project / "data/features", "train")
-    validation, validation_labels, _ = load_split(project / "data/features", "validation")
-    if refit:  # trained on train + validation (prepare made a test split)
-        features = np.concatenate([features, validation])
-        labels = np.concatenate([labels, validation_labels])
-        assert "eval" not in summary
+    def figures(features, labels):
+        scores = accuracy_and_loss(probabilities(model, features), labels, 0.5)
+        return {"accuracy": scores["accuracy"], "log_loss": scores["loss"]}
+
+    assert summary["training_images"] == len(trained_on[1])
+    assert summary["average"]["trained_on"] == pytest.approx(figures(*trained_on))
+    if refit:
+        assert "stop_set" not in summary["average"]
     else:
-        stop = accuracy_and_loss(probabilities(model, validation), validation_labels, 0.5)
-        assert summary["eval"] == pytest.approx(stop)
-    assert summary["training_images"] == len(labels)
-    assert summary["train"] == pytest.approx(accuracy_and_loss(probabilities(model, features), labels, 0.5))
+        assert summary["average"]["stop_set"] == pytest.approx(figures(*stop))
 
-    # evaluate scores the average.
-    test, test_labels, _ = load_split(project / "data/features", "test")
+    # evaluate scores the average, on test or (without one) validation.
+    scored, scored_labels = rows(project, "test") if test_split else (validation, validation_labels)
     metrics = json.loads((project / "metrics/eval/metrics.json").read_text())
-    expected = accuracy_and_loss(probabilities(model, test), test_labels, 0.5)
-    assert metrics["model"] == "head" and metrics["loss"] == pytest.approx(expected["loss"], abs=1e-6)
+    assert metrics["model"] == "head" and metrics["images"] == len(scored_labels)
+    assert metrics["loss"] == pytest.approx(figures(scored, scored_labels)["log_loss"], abs=1e-6)
 
 
 LOAD_AND_PREDICT = r"""

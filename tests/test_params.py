@@ -33,6 +33,7 @@ def test_project_params_are_valid():
         ("head", "epochs", True, "head.epochs: must be an integer"),
         ("head", "ensemble", 0, "head.ensemble: must be an integer in [1, 32]"),
         ("head", "ensemble", 2.5, "head.ensemble: must be an integer"),
+        ("head", "ensemble", 33, "head.ensemble: must be an integer in [1, 32]"),
         ("head", "optimizer", "adamw", "head.optimizer: must be one of adam, rmsprop, sgd"),
         ("evaluate", "split", "train", "evaluate.split: must be one of auto, test, validation"),
         ("weights", "source", "", "weights.source: must be 'pypi', 'keras' or a path"),
