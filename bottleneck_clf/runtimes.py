@@ -74,16 +74,21 @@ def after_resize(model):
 
 
 @contextlib.contextmanager
-def _variables_in_name_order():
+def _variables_in_name_order(model):
     """Keras' SavedModel export lists variables in an order that changes from process to process (so do the
-    file's bytes and the DVC hash); sorted by name, the same model gives the same bytes."""
+    file's bytes and the DVC hash); sorted by name, the same model gives the same bytes. Names repeat when heads
+    are nested (head.ensemble: every member has a dense/kernel:0), so ties go by the model's own weight order."""
     from keras.src.export import saved_model_export_archive as archive
 
     original = archive._list_variables_used_by_fns
+    position = {id(getattr(weight, "value", weight)): index for index, weight in enumerate(model.weights)}
+
+    def key(variable):
+        return variable.name, position.get(id(variable), len(position))
 
     def sorted_lists(fns):
         trainable, others = original(fns)
-        return sorted(trainable, key=lambda v: v.name), sorted(others, key=lambda v: v.name)
+        return sorted(trainable, key=key), sorted(others, key=key)
 
     archive._list_variables_used_by_fns = sorted_lists
     try:
@@ -118,7 +123,7 @@ def write_saved_model(model, target: Path, classes_file: Path | None = None) -> 
                          input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8, name="image")])
     archive.add_endpoint(RESIZED_SIGNATURE, lambda image: resized(image, training=False),
                          input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32, name="image")])
-    with _variables_in_name_order():
+    with _variables_in_name_order(model):
         archive.write_out(str(target), verbose=False)
     _fixed_fingerprint(Path(target))
     if classes_file is not None:

@@ -18,7 +18,8 @@ import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 # Small enough for 2 CPU cores: 32 px is the smallest input VGG16's conv base accepts.
 TINY_PARAMS = {
     "extract": {"image_size": 32, "batch_size": 8},
-    "head": {"units": 8, "epochs": 3, "batch_size": 8, "patience": 2},
+    # One head: tests/test_head_ensemble.py covers head.ensemble; five in every tiny run would only cost CI minutes.
+    "head": {"units": 8, "epochs": 3, "batch_size": 8, "patience": 2, "ensemble": 1},
     "finetune": {"epochs": 2, "batch_size": 8, "patience": 1},
     "audit": {"units": 8, "epochs": 3, "batch_size": 8},
     # The model file alone: tests/test_runtimes.py ships every other format, and CI's check-repro runs the

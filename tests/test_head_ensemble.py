@@ -48,6 +48,15 @@ def test_the_average_is_the_mean_of_its_members_and_survives_a_save(n_classes, t
     np.testing.assert_allclose(probabilities(loaded, features), np.mean(each, axis=0), atol=1e-6)
 
 
+def test_params_yaml_averages_five_heads():
+    """The default since the head-ensemble sweep (README "Accuracy levers"); 1 gives the single head."""
+    from conftest import ROOT
+
+    from bottleneck_clf.config import load_config
+
+    assert load_config(ROOT / "params.yaml").head.ensemble == 5
+
+
 def test_one_member_is_the_head_itself():
     head = build_head((8,), 2, 4, 0.5)
     assert average_heads([head]) is head

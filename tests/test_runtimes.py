@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import pytest
 from conftest import TINY_PARAMS, link_or_copy, make_class_folders, update_params
 from project_copy import copy_project
@@ -26,13 +27,15 @@ ALL_FORMATS = list(FORMATS)
 
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory, tiny_weights):
-    """The tiny project run through export with every format (one run shared by the module's tests)."""
+    """The tiny project run through export with every format (one run shared by the module's tests), its head an
+    average of two (head.ensemble, as the default's five): nested models in every runtime."""
     from stages import evaluate, export, finetune, prepare, train_head, weights
     from stages import extract_features as extract_stage
 
     root = copy_project(tmp_path_factory.mktemp("shipped") / "project")
     link_or_copy(tiny_weights, root / "data/weights/user/random.weights.h5")
     update_params(root, {**TINY_PARAMS, "weights": {"source": "data/weights/user/random.weights.h5"},
+                         "head": {**TINY_PARAMS["head"], "ensemble": 2},
                          "export": {"formats": ALL_FORMATS, "calibration_images": 8}})
     make_class_folders(root / "data/raw", per_class=8)
     with pytest.MonkeyPatch.context() as patch:
@@ -80,6 +83,8 @@ def test_every_format_is_written_and_agrees_with_evaluate(shipped):
     evaluated = json.loads((shipped / "metrics/eval/metrics.json").read_text())
     assert metrics["images"] == evaluated["images"] == len(predictions(shipped)) > 0
     assert list(metrics["formats"]) == ALL_FORMATS
+    head = keras.saving.load_model(shipped / "data/models/head.keras", compile=False)
+    assert head.name == "head_ensemble", "the shipped head should be an average (head.ensemble: 2)"
     for fmt, result in metrics["formats"].items():
         path = folder / FILES[fmt]
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
