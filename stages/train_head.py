@@ -6,7 +6,7 @@ the validation split when prepare made a test split. Evaluate's split stays out.
 is saved either way (`early_stopped_head`): fine-tuning starts from it.
 
 With `head.ensemble` above 1, more heads are trained the same way from other seeds (head.member_seed) and the
-saved head averages them all; the early-stopped head stays member 0's, so fine-tuning does not depend on it.
+saved head averages them all; the early-stopped head stays member 1's, so fine-tuning does not depend on it.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main() -> None:
         has_test, config.head.early_stopping_fraction, seed)
     n_classes = len(meta["classes"])
     # dvc.yaml declares the plots itself; dvclive must not rewrite it nor save experiments on its own.
-    # Its curves are member 0's: the single head's, and the one fine-tuning starts from.
+    # Its curves are member 1's: the single head's, and the one fine-tuning starts from.
     live = Live(str(paths["train_metrics"]), dvcyaml=False, save_dvc_exp=False)
     early_stopped, model, summary = train_member(fit, stop, has_test, n_classes, config.head, seed,
                                                  callbacks=[DVCLiveCallback(live=live)])
