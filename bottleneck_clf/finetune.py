@@ -84,12 +84,24 @@ def build_top(input_shape: tuple[int, ...], blocks: int, pooling: str, weights, 
     return model
 
 
+def ensemble_partner(head_refit: bool, finetune_refit: bool) -> str:
+    """The project path (paths.py) of the head that finetune.ensemble averages with.
+
+    The saved head ("model": every head.ensemble member averaged, refitted when head.refit), unless it has
+    trained on the stop set while the fine-tuned top has not (head.refit without finetune.refit): then the
+    average's stop-set figures would not be held out, so it is the head early stopping kept (the first
+    member, before any refit), the one fine-tuning starts from.
+    """
+    return "early_stopped_head" if head_refit and not finetune_refit else "model"
+
+
 def ensemble_top(finetuned: keras.Model, frozen: keras.Model) -> keras.Model:
     """Maps -> the mean of the fine-tuned top's and the untouched top's probabilities (finetune.ensemble).
 
-    `frozen` is build_top on the ImageNet blocks and train_head's head, named ENSEMBLE_PARTS["head"]: the frozen
-    head's prediction rebuilt on the same maps (exactly so in float32; with extract.precision bfloat16 its top
-    blocks run in float32 on bfloat16 maps, about 2e-4 from the head on bfloat16 features). Where the two err
+    `frozen` is build_top on the ImageNet blocks and a head of train_head's (ensemble_partner), named
+    ENSEMBLE_PARTS["head"]: that head's prediction rebuilt on the same maps (exactly so in float32; with
+    extract.precision bfloat16 its top blocks run in float32 on bfloat16 maps, about 2e-4 from the head on
+    bfloat16 features). Where the two err
     on different images, averaging can fix some of either's mistakes, at the cost of running the trained
     blocks twice (README, "Fine-tuning": on cats-dogs-small it did not measurably).
     """

@@ -5,7 +5,10 @@ run from the head, for that many epochs, on every image early stopping watched a
 or the validation split when prepare made a test split. Evaluate's split stays out.
 
 It starts from the head early stopping kept (train_head's `early_stopped_head`), never from a head.refit's,
-which has trained on the stop set that fine-tuning stops on; finetune.ensemble averages with that head too.
+which has trained on the stop set that fine-tuning stops on. finetune.ensemble averages with train_head's saved
+head (all its head.ensemble members) unless that one has trained on the stop set and the fine-tuned top has not
+(head.refit without finetune.refit): then with the early-stopped head (finetune.ensemble_partner in
+bottleneck_clf).
 
 Disabled, it only records that (an empty model folder and `enabled: false` in its metrics), so the stage
 costs nothing and evaluate and export use the head alone.
@@ -66,13 +69,17 @@ def training_data(config, entries: list, classes: list[str], weights, paths: dic
     return data, None
 
 
+# metrics.json's `ensemble_with` (finetune.ensemble_partner's path name) in the console's words.
+PARTNER_WORDS = {"model": "saved head", "early_stopped_head": "early-stopped head"}
+
+
 def what_was_saved(summary: dict, stop_name: str) -> str:
     """The console's account of metrics.json: the kept epoch, then the refit and the average when asked for."""
     from bottleneck_clf.head import saved_message
 
     said = saved_message(summary, stop_name, "finetune")
     if summary["ensemble"]:
-        said += "; saved averaged with the frozen head (finetune.ensemble)"
+        said += f"; saved averaged with the {PARTNER_WORDS[summary['ensemble_with']]} (finetune.ensemble)"
     if "ensemble_stop_set" in summary:
         mean = summary["ensemble_stop_set"]["ensemble"]
         said += f": {stop_name} log loss {mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}"
@@ -90,6 +97,7 @@ def main() -> None:
         TOP_FILE,
         TOP_NAME,
         build_top,
+        ensemble_partner,
         ensemble_top,
         finetune,
         map_shape,
@@ -145,9 +153,9 @@ def main() -> None:
                                  frozen=frozen_blocks)
         chosen = kept_summary(history, kept, stop_images(stop))
 
-        def fresh_top(name: str):
+        def fresh_top(name: str, head_path: str = "early_stopped_head"):
             # A fresh copy of the head: the one inside `top` was trained along with the blocks.
-            untouched = keras.saving.load_model(paths["early_stopped_head"], compile=False)
+            untouched = keras.saving.load_model(paths[head_path], compile=False)
             return build_top(frozen_shape, settings.blocks, config.extract.pooling, weights, untouched,
                              model_name=name)
 
@@ -160,11 +168,13 @@ def main() -> None:
             del everything
         saved = {}
         if settings.ensemble:
-            top = ensemble_top(top, fresh_top(ENSEMBLE_PARTS["head"]))
+            partner = ensemble_partner(config.head.refit, settings.refit)
+            saved["ensemble_with"] = partner
+            top = ensemble_top(top, fresh_top(ENSEMBLE_PARTS["head"], partner))
             if not settings.refit:  # after a refit the stop slice is training data: no figure on it is held out
                 # metrics.json describes the saved model: the average's figures on the same stop set, beside each
                 # part's by the same measure (`eval` is Keras' loss, with any smoothing or L2 in it).
-                saved = {"ensemble_stop_set": stop_set_scores(top, stop, frozen_blocks, settings.batch_size)}
+                saved["ensemble_stop_set"] = stop_set_scores(top, stop, frozen_blocks, settings.batch_size)
         del fit, stop
         data.clear()
     with atomic_dir(paths["finetuned"]) as tmp:

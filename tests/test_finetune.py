@@ -170,18 +170,30 @@ def test_pixel_augmentation_trains_the_top_on_images(project, capsys):
     assert json.loads((project / "metrics/eval/metrics.json").read_text())["model"] == "finetuned"
 
 
+def features_and_maps(project, split: str) -> tuple:
+    """(bottleneck features, labels, block-4 maps) of a split of a tiny project: the head's input and the input
+    of a one-block fine-tuned top, for the same images in the same order."""
+    from bottleneck_clf.images import load_array
+
+    extractor = build_extractor(read_weights(project / "data/weights/vgg16_notop.weights.h5"), 32, "flatten",
+                                output=split_layer(1))
+    features, labels, ids = load_split(project / "data/features", split)
+    images = np.stack([load_array(project / "data/raw" / i, 32, "bilinear") for i in ids])
+    return features, labels, extractor.predict(keras.applications.vgg16.preprocess_input(images), verbose=0)
+
+
 def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(project, capsys):
     """finetune.ensemble: one saved model, the fine-tuned top and the untouched head side by side on the same maps,
     averaged; its stop-set figures in finetune's metrics and each part's score beside evaluate's."""
     from bottleneck_clf.finetune import ensemble_parts
-    from bottleneck_clf.images import load_array
     from bottleneck_clf.scoring import predict_labels
 
     make_class_folders(project / "data/raw", per_class=8)
     update_params(project, {"finetune": {"enabled": True, "ensemble": True}})
     run_until_head()
     finetune.main()
-    assert "saved averaged with the frozen head (finetune.ensemble): validation log loss" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "saved averaged with the early-stopped head (finetune.ensemble): validation log loss" in out
     top = keras.saving.load_model(project / "data/models/finetuned/model.keras")  # safe mode: no custom layer
     parts = ensemble_parts(top)
     assert top.name == "ensemble" and sorted(parts) == ["finetuned", "head"]
@@ -189,14 +201,11 @@ def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(proje
     trained, frozen = (parts[k].get_layer("block5_conv1").get_weights()[0] for k in ("finetuned", "head"))
     assert not np.array_equal(trained, original["block5_conv1"][0])
     np.testing.assert_array_equal(frozen, original["block5_conv1"][0])
-    extractor = build_extractor(original, 32, "flatten", output=split_layer(1))
-    # The head early stopping kept (before head.refit, the default): fine-tuning started from it.
+    # The head early stopping kept (head.refit is on and finetune.refit off): fine-tuning started from it.
     head = keras.saving.load_model(project / "data/models/head_early_stopped.keras")
 
     def maps_of(split):
-        features, labels, ids = load_split(project / "data/features", split)
-        images = np.stack([load_array(project / "data/raw" / i, 32, "bilinear") for i in ids])
-        return features, labels, extractor.predict(keras.applications.vgg16.preprocess_input(images), verbose=0)
+        return features_and_maps(project, split)
 
     # The frozen part is the head's own prediction, the saved output the mean of the two.
     features, labels, maps = maps_of("test")
@@ -208,6 +217,7 @@ def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(proje
     # finetune's metrics: the saved average's figures on the stop set (validation here: prepare made a test split).
     metrics = json.loads((project / "metrics/finetune/metrics.json").read_text())
     assert metrics["ensemble"] is True and sorted(metrics["ensemble_stop_set"]) == ["ensemble", "finetuned", "head"]
+    assert metrics["ensemble_with"] == "early_stopped_head"
     _, stop_labels, stop_maps = maps_of("validation")
     for key, model in (("ensemble", top), *parts.items()):
         probs = probabilities(model, stop_maps)
@@ -228,6 +238,37 @@ def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(proje
         assert scored["parts"][key]["only_part_right"] == int(np.sum(part_right & ~average_right)), key
     assert scored["accuracy"] == float(np.mean(average_right))
     assert "its part head alone: accuracy" in out
+
+
+@pytest.mark.parametrize(("head_refit", "finetune_refit", "partner", "words"), [
+    (True, False, "head_early_stopped.keras", "early-stopped head"),  # the saved head trained on the stop set
+    (True, True, "head.keras", "saved head"),  # both trained on every image early stopping watched
+    (False, False, "head.keras", "saved head"),  # neither did
+])
+def test_ensemble_averages_with_the_saved_head_unless_it_trained_on_the_stop_set(
+        project, capsys, head_refit, finetune_refit, partner, words):
+    """finetune.ensemble's frozen part is train_head's saved head, every head.ensemble member in it, except where
+    head.refit trained that one on the stop set and the fine-tuned top did not: then the early-stopped head."""
+    from bottleneck_clf.finetune import ensemble_parts
+
+    make_class_folders(project / "data/raw", per_class=8)
+    update_params(project, {"head": {"ensemble": 2, "refit": head_refit},
+                            "finetune": {"enabled": True, "ensemble": True, "refit": finetune_refit, "epochs": 2,
+                                         "patience": 1, "batch_size": 2}})
+    run_until_head()
+    capsys.readouterr()
+    finetune.main()
+    assert f"saved averaged with the {words} (finetune.ensemble)" in capsys.readouterr().out
+    metrics = json.loads((project / "metrics/finetune/metrics.json").read_text())
+    assert metrics["ensemble_with"] == ("model" if partner == "head.keras" else "early_stopped_head")
+    assert ("ensemble_stop_set" in metrics) == (not finetune_refit)
+    frozen = ensemble_parts(keras.saving.load_model(project / "data/models/finetuned/model.keras"))["head"]
+    features, _, maps = features_and_maps(project, "test")
+    heads = {name: keras.saving.load_model(project / "data/models" / name, compile=False)
+             for name in ("head.keras", "head_early_stopped.keras")}
+    assert heads["head.keras"].name == "head_ensemble"  # two members averaged, not the first alone
+    assert not np.allclose(*(probabilities(head, features) for head in heads.values()), atol=1e-4)
+    np.testing.assert_allclose(probabilities(frozen, maps), probabilities(heads[partner], features), atol=1e-5)
 
 
 @pytest.mark.parametrize(("augment", "ensemble"), [("maps", False), ("pixels", True)])
@@ -257,7 +298,7 @@ def test_refit_trains_again_on_every_training_image_for_the_chosen_epochs(projec
     assert "eval" not in metrics and "ensemble_stop_set" not in metrics  # nothing held out is left to score it by
     assert f"refit on all {training} training images for the {plain['best_epoch']} epoch(s)" in out
     assert f"saved its refit on all {training} training images (finetune.refit)" in out
-    assert ("saved averaged with the frozen head (finetune.ensemble) ->" in out) == ensemble  # no stop-set figure
+    assert ("saved averaged with the saved head (finetune.ensemble) ->" in out) == ensemble  # no stop-set figure
     # Keras' steps per epoch: the refit's cover every training image, the choosing run's only the fitted ones.
     fitted, steps = training - metrics["selection"]["early_stopping_images"], -(-training // 2)
     assert f"{steps}/{steps} - " in out.split("refit on all")[1] and -(-fitted // 2) < steps
