@@ -101,9 +101,9 @@ def ensemble_top(finetuned: keras.Model, frozen: keras.Model) -> keras.Model:
     `frozen` is build_top on the ImageNet blocks and a head of train_head's (ensemble_partner), named
     ENSEMBLE_PARTS["head"]: that head's prediction rebuilt on the same maps (exactly so in float32; with
     extract.precision bfloat16 its top blocks run in float32 on bfloat16 maps, about 2e-4 from the head on
-    bfloat16 features). Where the two err
-    on different images, averaging can fix some of either's mistakes, at the cost of running the trained
-    blocks twice (README, "Fine-tuning": on cats-dogs-small it did not measurably).
+    bfloat16 features). Where the two err on different images, averaging can fix some of either's mistakes, at
+    the cost of running the trained blocks twice (README, "Fine-tuning": on cats-dogs-small it did not
+    measurably).
     """
     inputs = keras.Input(shape=finetuned.input_shape[1:], name="frozen_maps")
     mean = layers.Average(name=MEAN_NAME)([finetuned(inputs), frozen(inputs)])

@@ -244,6 +244,7 @@ def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(proje
     (True, False, "head_early_stopped.keras", "early-stopped head"),  # the saved head trained on the stop set
     (True, True, "head.keras", "saved head"),  # both trained on every image early stopping watched
     (False, False, "head.keras", "saved head"),  # neither did
+    (False, True, "head.keras", "saved head"),  # the top did, the saved head did not: nothing held out to protect
 ])
 def test_ensemble_averages_with_the_saved_head_unless_it_trained_on_the_stop_set(
         project, capsys, head_refit, finetune_refit, partner, words):

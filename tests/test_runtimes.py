@@ -47,15 +47,18 @@ def shipped(tmp_path_factory, tiny_weights):
 
 
 def test_an_ensemble_ships_to_every_format(tmp_path, tiny_weights, monkeypatch):
-    """finetune.ensemble saves two tops averaged in one graph; every runtime gives evaluate's probabilities for
-    it too (export raises when a float format is more than FLOAT_AGREEMENT off, so reaching metrics is the check)."""
+    """finetune.ensemble saves two tops averaged in one graph, here (finetune.refit) the frozen one holding the
+    saved average of two heads: models nested three deep. Every runtime gives evaluate's probabilities for it
+    too (export raises when a float format is more than FLOAT_AGREEMENT off, so reaching metrics is the check)."""
+    from bottleneck_clf.finetune import ensemble_parts
     from stages import evaluate, export, finetune, prepare, train_head, weights
     from stages import extract_features as extract_stage
 
     root = copy_project(tmp_path / "project")
     link_or_copy(tiny_weights, root / "data/weights/user/random.weights.h5")
     update_params(root, {**TINY_PARAMS, "weights": {"source": "data/weights/user/random.weights.h5"},
-                         "finetune": {**TINY_PARAMS["finetune"], "enabled": True, "ensemble": True},
+                         "head": {**TINY_PARAMS["head"], "ensemble": 2},
+                         "finetune": {**TINY_PARAMS["finetune"], "enabled": True, "ensemble": True, "refit": True},
                          "export": {"formats": ALL_FORMATS, "calibration_images": 8}})
     make_class_folders(root / "data/raw", per_class=8)
     monkeypatch.chdir(root)
@@ -66,6 +69,8 @@ def test_an_ensemble_ships_to_every_format(tmp_path, tiny_weights, monkeypatch):
     evaluated = json.loads((root / "metrics/eval/metrics.json").read_text())
     assert evaluated["model"] == "ensemble" and list(metrics["formats"]) == ALL_FORMATS
     assert json.loads((root / "data/models/classifier/classes.json").read_text())["trained"] == "ensemble"
+    frozen = ensemble_parts(keras.saving.load_model(root / "data/models/finetuned/model.keras"))["head"]
+    assert "head_ensemble" in [layer.name for layer in frozen.layers]  # the saved average, not one head
     for fmt, result in metrics["formats"].items():
         if fmt != "litert_int8":
             assert result["max_abs_prob_diff"] <= FLOAT_AGREEMENT and result["label_agreement"] == 1.0, fmt
