@@ -83,12 +83,7 @@ def test_untrained_top_on_maps_equals_head_on_features(project, pooling):
     run_until_head()
     conv = read_weights(project / "data/weights/vgg16_notop.weights.h5")
     head = keras.saving.load_model(project / "data/models/head.keras")
-    features, _, ids = load_split(project / "data/features", "test")
-    from bottleneck_clf.images import load_array
-
-    images = np.stack([load_array(project / "data/raw" / i, 32, "bilinear") for i in ids])
-    frozen = build_extractor(conv, 32, "flatten", output=split_layer(1))
-    maps = frozen.predict(keras.applications.vgg16.preprocess_input(images), verbose=0)
+    features, _, maps = features_and_maps(project, "test")
     top = build_top(maps.shape[1:], 1, pooling, conv, head)
     np.testing.assert_allclose(probabilities(top, maps), probabilities(head, features), atol=1e-5)
 
