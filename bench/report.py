@@ -23,8 +23,8 @@ def _version(name: str) -> str:
         return "absent"
 
 
-def machine_lines() -> list[str]:
-    """Markdown lines naming the CPU, its kernel flags, cores and library versions."""
+def machine_lines(libraries: tuple[str, ...] = ()) -> list[str]:
+    """Markdown lines naming the CPU, its kernel flags, cores and library versions (LIBRARIES, then `libraries`)."""
     sys.path.insert(0, str(RESULTS.parents[1]))
     from bottleneck_clf.machine import signature
 
@@ -34,16 +34,18 @@ def machine_lines() -> list[str]:
         f"{cpu['cores']} cores usable",
         f"- kernel flags: {' '.join(cpu['flags']) or 'none of AVX2/AVX-512/AMX'} "
         f"(AVX512-BF16: {'yes' if 'avx512_bf16' in cpu['flags'] else 'no, bfloat16 is emulated'})",
-        f"- Python {platform.python_version()}, " + ", ".join(f"{name} {_version(name)}" for name in LIBRARIES),
+        f"- Python {platform.python_version()}, "
+        + ", ".join(f"{name} {_version(name)}" for name in LIBRARIES + libraries),
     ]
 
 
-def write(name: str, title: str, body: list[str], command: str | None = None) -> Path:
+def write(name: str, title: str, body: list[str], command: str | None = None,
+          libraries: tuple[str, ...] = ()) -> Path:
     """Write bench/results/<name>.md: title, when, on what, how to rerun, then `body` (markdown lines)."""
     RESULTS.mkdir(exist_ok=True)
     rerun = command or f"python {' '.join(sys.argv)}"
     lines = [f"# {title}", "", f"Measured {datetime.date.today().isoformat()} with `{rerun}` on:", "",
-             *machine_lines(), "", *body, ""]
+             *machine_lines(libraries), "", *body, ""]
     target = RESULTS / f"{name}.md"
     target.write_text("\n".join(lines), encoding="utf-8")
     print(f"results written to {target}")
