@@ -74,14 +74,23 @@ def build_top(input_shape: tuple[int, ...], blocks: int, pooling: str, weights, 
     # A head's batch normalisation keeps the statistics train_head measured (Keras: a BatchNormalization that
     # is not trainable runs in inference mode): updated from batches of augmented maps while the blocks below
     # move, they would lag as they did before head.PreciseBatchNorm (Keras' fine-tuning guide does the same).
-    for layer in head.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.trainable = False
+    # Nested models too: a head.ensemble average holds each member as a model of its own.
+    for layer in batch_norms(head):
+        layer.trainable = False
     outputs = head(x)
     model = keras.Model(inputs, outputs, name=model_name)
     for name in trained_layers(blocks) if blocks else []:
         model.get_layer(name).set_weights(list(weights[name]))
     return model
+
+
+def batch_norms(model):
+    """Every BatchNormalization layer in `model`, at any depth of nested models."""
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            yield layer
+        elif hasattr(layer, "layers"):
+            yield from batch_norms(layer)
 
 
 def ensemble_partner(head_refit: bool, finetune_refit: bool) -> str:

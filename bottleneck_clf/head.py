@@ -12,6 +12,7 @@ from keras import layers
 from bottleneck_clf.config import HeadConfig
 from bottleneck_clf.errors import UserError
 from bottleneck_clf.params import OPTIMIZERS
+from bottleneck_clf.scoring import accuracy_and_loss
 
 
 def seed_everything(seed: int) -> None:
@@ -354,8 +355,6 @@ def ensemble_summary(model, members: list[dict], fit: tuple, stop: tuple, refit:
     penalty or smoothing: not the members' training losses, hence keys of their own) on the images its members
     trained on (`fit`, and `stop` too after a refit) and on the stop set when none of them trained on it;
     each member's summary under `members`, by number from 1 (member 1's is what a single head writes)."""
-    from bottleneck_clf.scoring import accuracy_and_loss
-
     def score(*sets):
         probs, labels = zip(*(scored_rows(model, data) for data in sets), strict=True)
         figures = accuracy_and_loss(np.concatenate(probs), np.concatenate(labels), 0.5)

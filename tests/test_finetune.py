@@ -134,6 +134,19 @@ def test_head_batch_norm_keeps_its_statistics_while_fine_tuning():
     assert not np.array_equal(dense_before, np.array(head.get_layer("dense").kernel)), "the head still trains"
 
 
+def test_batch_norm_is_frozen_inside_an_averaged_head():
+    """A head.ensemble average nests each member as a model: build_top freezes their BatchNormalization too, so
+    a fine-tuned top built on it (finetune.ensemble's partner) never updates statistics train_head measured."""
+    from bottleneck_clf.finetune import batch_norms
+    from bottleneck_clf.head import average_heads
+
+    head = average_heads([build_head((512,), 2, 8, 0.0, batch_norm=True) for _ in range(2)])
+    assert len(list(batch_norms(head))) == 2 and all(layer.trainable for layer in batch_norms(head))
+    build_top((1, 1, 512), 0, "avg", None, head)
+    assert not any(layer.trainable for layer in batch_norms(head))
+    assert all(head.get_layer(f"head_{n}").get_layer("dense").trainable for n in (1, 2)), "only batch norm froze"
+
+
 def test_pixel_frozen_blocks_give_the_cached_maps(tiny_weights):
     """finetune.augment: pixels runs the frozen blocks inside training: the maps of the cached path, to round-off."""
     from bottleneck_clf.config import ExtractConfig
