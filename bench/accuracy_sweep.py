@@ -63,14 +63,15 @@ LEVERS = {
         ("head: L2 1e-4", ["head.l2=0.0001"]),
         ("head: label smoothing 0.1", ["head.label_smoothing=0.1"]),
         ("head: cosine schedule", ["head.schedule=cosine"]),
-        ("head: reduce on plateau", ["head.schedule=plateau"]),
+        # A refit (head.refit, the default since) has no stop set left for the plateau schedule to watch.
+        ("head: reduce on plateau", ["head.schedule=plateau", "head.refit=false"]),
         ("flip TTA, averaged", ["extract.flip_tta=average"]),
         ("flip TTA, stacked", ["extract.flip_tta=stack"]),
         ("batch normalisation + flip TTA averaged", ["head.batch_norm=true", "extract.flip_tta=average"]),
         # README "Parameters": the 2016 recipe, one override away.
         ("2016 recipe (150 px, flatten, RMSprop)",
          ["extract.image_size=150", "extract.pooling=flatten", "head.optimizer=rmsprop", "head.batch_size=16",
-          "head.patience=0", "head.batch_norm=false", "head.refit=false"]),
+          "head.patience=0", "head.batch_norm=false", "head.refit=false", "head.ensemble=1"]),
     ],
     "size": [
         ("image size 256, average pooling", ["extract.image_size=256"]),

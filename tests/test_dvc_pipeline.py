@@ -38,6 +38,9 @@ def test_reruns_only_what_a_change_touches(first_run_template, first_run):
     assert repro(repo) == {"evaluate", "export"}  # export records the threshold for predict
     update_params(repo, {"evaluate": {"gallery_size": 2}})
     assert repro(repo) == {"evaluate"}
+    update_params(repo, {"evaluate": {"split": "validation"}})  # auto scored test: prepare made one
+    assert repro(repo) == {"evaluate", "export"}  # other images scored: export checks every format on them
+    assert json.loads((repo / "metrics/eval/metrics.json").read_text())["split"] == "validation"
     update_params(repo, {"audit": {"similarity": 0.99}})
     assert repro(repo) == {"audit"}  # off the path of train_head
 
