@@ -27,7 +27,7 @@ TOP_NAME = "top"
 ENSEMBLE_NAME = "ensemble"
 ENSEMBLE_PARTS = {"finetuned": TOP_NAME, "head": "frozen_top"}  # metrics key -> nested model's name
 MEAN_NAME = "mean_probabilities"
-# Inside the finetune stage's output folder.
+# Inside the output folders of finetune (the top) and finetune_ensemble (the model evaluate and export use).
 TOP_FILE = "model.keras"
 RECIPE_FILE = "recipe.json"
 
@@ -149,17 +149,16 @@ def part_probabilities(outputs: keras.Model, batches) -> dict[str, np.ndarray]:
     return {key: as_columns(np.concatenate([chunk[key] for chunk in chunks])) for key in keys}
 
 
-def stop_set_scores(top: keras.Model, stop: tuple, frozen: keras.Model | None = None, batch_size: int = 32) -> dict:
+def stop_set_scores(top: keras.Model, stop: tuple, batch_size: int = 32) -> dict:
     """Accuracy and log loss (no smoothing, no L2: the same measure for all three) of an ensemble and of each
-    part on the stop set (inputs, labels, rows): the saved model's figures beside the fine-tuned part's. With
-    `frozen`, the inputs are images (finetune.augment: pixels) and go through the frozen blocks first."""
-    inputs, labels, rows = stop
+    part on the stop set (frozen-block maps, labels, rows): the saved model's figures beside the fine-tuned
+    part's."""
+    maps, labels, rows = stop
     rows = np.arange(len(labels)) if rows is None else np.asarray(rows)
 
     def batches():
         for start in range(0, len(rows), batch_size):
-            batch = np.asarray(inputs[rows[start:start + batch_size]], np.float32)
-            yield batch if frozen is None else np.asarray(frozen.predict_on_batch(batch))
+            yield np.asarray(maps[rows[start:start + batch_size]], np.float32)
 
     truth = np.asarray(labels)[rows]
     # Threshold 0.5: the plain most-probable rule, as the stop set's own Keras accuracy counts.
@@ -247,6 +246,15 @@ def recipe(extract: ExtractConfig, blocks: int) -> dict:
     return {"blocks": blocks, **{key: getattr(extract, key) for key in RECIPE_KEYS}}
 
 
+def write_disabled_marker(model_dir: Path) -> None:
+    """The model folder of disabled fine-tuning (finetune, finetune_ensemble): a note, no model, so evaluate and
+    export use the head."""
+    from bottleneck_clf.atomic import atomic_dir
+
+    with atomic_dir(model_dir) as tmp:
+        (tmp / "DISABLED").write_text("finetune.enabled is false in params.yaml; evaluate and export use the head.\n")
+
+
 def read_recipe(finetuned: Path) -> dict:
     import json
 
@@ -303,6 +311,25 @@ def split_pixels(entries: list, split: str, raw: Path, classes: list[str], extra
     print(f"finetune: {split}: {len(rows)} images decoded; the frozen blocks run in every training step "
           "(finetune.augment: pixels)")
     return pixels, np.array([classes.index(e.label) for e in rows], np.int32)
+
+
+def stop_set_maps(frozen: FrozenMaps, entries: list, raw: Path, classes: list[str], fraction: float, seed: int,
+                  scratch: Path) -> tuple[tuple, str]:
+    """((maps, labels, None), its name) of the stop set finetune stopped on: the validation split when prepare made
+    a test split, else the slice of training that head.stopping_sets picks (the same fraction and seed), and
+    only those images through the frozen blocks (the cache has them from finetune)."""
+    from bottleneck_clf.head import stopping_sets
+
+    has_test = any(e.split == "test" for e in entries)
+    split = "validation" if has_test else "train"
+    rows = [e for e in entries if e.split == split]
+    labels = np.array([classes.index(e.label) for e in rows], np.int32)
+    _, (_, _, picked), name = stopping_sets((None, labels), (None, labels), has_test, fraction, seed)
+    if picked is not None:
+        rows, labels = [rows[i] for i in picked], labels[picked]
+    maps, _, _ = frozen.compute([str(raw / e.path) for e in rows], [e.sha256 for e in rows], scratch / "stop.npy",
+                                desc=f"frozen blocks {name}")
+    return (maps, labels, None), name
 
 
 def split_maps(frozen: FrozenMaps, entries: list, split: str, raw: Path, classes: list[str], scratch: Path):

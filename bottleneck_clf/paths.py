@@ -12,8 +12,8 @@ from bottleneck_clf.errors import UserError
 
 DVC_FILE = "dvc.yaml"
 NAMES = ("raw", "weights", "user_weights", "prepared", "features", "model", "early_stopped_head", "train_metrics",
-         "finetuned", "finetune_metrics", "eval_metrics", "classifier", "machine", "export_metrics", "exclude",
-         "audit_metrics")
+         "finetune_top", "finetune_metrics", "finetuned", "ensemble_metrics", "eval_metrics", "classifier", "machine",
+         "export_metrics", "exclude", "audit_metrics")
 
 
 def project_paths(dvc_file: str | Path = DVC_FILE) -> dict[str, Path]:

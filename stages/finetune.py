@@ -5,10 +5,9 @@ run from the head, for that many epochs, on every image early stopping watched a
 or the validation split when prepare made a test split. Evaluate's split stays out.
 
 It starts from the head early stopping kept (train_head's `early_stopped_head`), never from a head.refit's,
-which has trained on the stop set that fine-tuning stops on. finetune.ensemble averages with train_head's saved
-head (all its head.ensemble members) unless that one has trained on the stop set and the fine-tuned top has not
-(head.refit without finetune.refit): then with the early-stopped head (finetune.ensemble_partner in
-bottleneck_clf).
+which has trained on the stop set that fine-tuning stops on. It saves the fine-tuned top alone; the stage
+finetune_ensemble turns it into the model evaluate and export use (averaged with a head for finetune.ensemble),
+so a change of the saved head (head.ensemble, head.refit) reruns that averaging, not this training.
 
 Disabled, it only records that (an empty model folder and `enabled: false` in its metrics), so the stage
 costs nothing and evaluate and export use the head alone.
@@ -31,8 +30,9 @@ from bottleneck_clf.paths import project_paths
 
 
 def write_disabled(model_dir: Path, metrics_dir: Path) -> None:
-    with atomic_dir(model_dir) as tmp:
-        (tmp / "DISABLED").write_text("finetune.enabled is false in params.yaml; evaluate and export use the head.\n")
+    from bottleneck_clf.finetune import write_disabled_marker
+
+    write_disabled_marker(model_dir)
     with atomic_dir(metrics_dir) as tmp:
         # Empty curves (a header, no epochs) keep `dvc plots show` from reporting missing files.
         for split in ("train", "eval"):
@@ -69,41 +69,19 @@ def training_data(config, entries: list, classes: list[str], weights, paths: dic
     return data, None
 
 
-# metrics.json's `ensemble_with` (finetune.ensemble_partner's path name) in the console's words.
-PARTNER_WORDS = {"model": "saved head", "early_stopped_head": "early-stopped head"}
-
-
-def what_was_saved(summary: dict, stop_name: str) -> str:
-    """The console's account of metrics.json: the kept epoch, then the refit and the average when asked for."""
-    from bottleneck_clf.head import saved_message
-
-    said = saved_message(summary, stop_name, "finetune")
-    if summary["ensemble"]:
-        said += f"; saved averaged with the {PARTNER_WORDS[summary['ensemble_with']]} (finetune.ensemble)"
-    if "ensemble_stop_set" in summary:
-        mean = summary["ensemble_stop_set"]["ensemble"]
-        said += f": {stop_name} log loss {mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}"
-    return said
-
-
 def main() -> None:
     import keras
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
     from bottleneck_clf.finetune import (
-        ENSEMBLE_PARTS,
         RECIPE_FILE,
         TOP_FILE,
-        TOP_NAME,
         build_top,
-        ensemble_partner,
-        ensemble_top,
         finetune,
         map_shape,
         recipe,
         refit,
-        stop_set_scores,
     )
     from bottleneck_clf.head import (
         kept_summary,
@@ -111,6 +89,7 @@ def main() -> None:
         refit_set,
         refit_splits,
         refit_summary,
+        saved_message,
         seed_everything,
         stop_images,
         stopping_sets,
@@ -123,10 +102,9 @@ def main() -> None:
     paths = project_paths()
     record_machine(paths["machine"], "finetune")  # the CPU that made these floats (check-repro)
     if not settings.enabled:
-        write_disabled(paths["finetuned"], paths["finetune_metrics"])
-        asked = [f"finetune.{key}" for key in ("ensemble", "refit") if getattr(settings, key)]
-        ignored = f" ({' and '.join(asked)} {'needs' if len(asked) == 1 else 'need'} it on)" if asked else ""
-        print(f"finetune: disabled (finetune.enabled: false){ignored} -> {paths['finetuned']}")
+        write_disabled(paths["finetune_top"], paths["finetune_metrics"])
+        ignored = " (finetune.refit needs it on)" if settings.refit else ""
+        print(f"finetune: disabled (finetune.enabled: false){ignored} -> {paths['finetune_top']}")
         return
     if config.extract.flip_tta != "none":
         # The fine-tuned top scores single images (finetune.flip mirrors them in training instead).
@@ -153,41 +131,27 @@ def main() -> None:
                                  frozen=frozen_blocks)
         chosen = kept_summary(history, kept, stop_images(stop))
 
-        def fresh_top(name: str, head_path: str = "early_stopped_head"):
-            # A fresh copy of the head: the one inside `top` was trained along with the blocks.
-            untouched = keras.saving.load_model(paths[head_path], compile=False)
-            return build_top(frozen_shape, settings.blocks, config.extract.pooling, weights, untouched,
-                             model_name=name)
-
         if settings.refit:
             everything, splits = refit_set(fit, stop, has_test, Path(scratch)), refit_splits(has_test)
             print(refit_notice("finetune", len(everything[1]), splits, kept + 1))
-            top = fresh_top(TOP_NAME)
+            # A fresh copy of the head: the one inside `top` was trained along with the blocks.
+            head = keras.saving.load_model(paths["early_stopped_head"], compile=False)
+            top = build_top(frozen_shape, settings.blocks, config.extract.pooling, weights, head)
             refitted = refit(everything, top, len(classes), settings, seed, kept + 1, frozen_blocks)
             chosen = refit_summary(*refitted, splits, chosen)
             del everything
-        saved = {}
-        if settings.ensemble:
-            partner = ensemble_partner(config.head.refit, settings.refit)
-            saved["ensemble_with"] = partner
-            top = ensemble_top(top, fresh_top(ENSEMBLE_PARTS["head"], partner))
-            if not settings.refit:  # after a refit the stop slice is training data: no figure on it is held out
-                # metrics.json describes the saved model: the average's figures on the same stop set, beside each
-                # part's by the same measure (`eval` is Keras' loss, with any smoothing or L2 in it).
-                saved["ensemble_stop_set"] = stop_set_scores(top, stop, frozen_blocks, settings.batch_size)
         del fit, stop
         data.clear()
-    with atomic_dir(paths["finetuned"]) as tmp:
+    with atomic_dir(paths["finetune_top"]) as tmp:
         save_model(top, tmp / TOP_FILE)
         write_json(tmp / RECIPE_FILE, {**recipe(config.extract, settings.blocks), "input_shape": list(frozen_shape),
                                        "classes": classes})
-    summary = {"enabled": True, "augment": settings.augment, "ensemble": settings.ensemble,
-               "refit": settings.refit, **chosen, **saved}
+    summary = {"enabled": True, "augment": settings.augment, "refit": settings.refit, **chosen}
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's.
     write_json(paths["finetune_metrics"] / "metrics.json", summary)
     seconds = time.perf_counter() - started
     print(f"finetune: top {settings.blocks} block(s) in {seconds:.0f} s ({prepared:.0f} s for the frozen "
-          f"blocks), {what_was_saved(summary, stop_name)} -> {paths['finetuned']}")
+          f"blocks), {saved_message(summary, stop_name, 'finetune')} -> {paths['finetune_top']}")
 
 
 if __name__ == "__main__":

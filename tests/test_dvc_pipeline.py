@@ -9,8 +9,9 @@ import pytest
 from conftest import dvc, first_run_log, update_params, write_image
 
 pytestmark = pytest.mark.slow
-ALL_STAGES = {"weights", "prepare", "extract_features", "train_head", "finetune", "evaluate", "export", "audit"}
-AFTER_HEAD = {"finetune", "evaluate", "export"}
+ALL_STAGES = {"weights", "prepare", "extract_features", "train_head", "finetune", "finetune_ensemble", "evaluate",
+              "export", "audit"}
+AFTER_HEAD = {"finetune", "finetune_ensemble", "evaluate", "export"}
 
 
 def stages_run(out: str) -> set[str]:
@@ -73,6 +74,26 @@ def test_finetune_switched_on_never_reruns_vgg_stages(first_run):
     assert repro(repo) == {"evaluate", "export"}
     update_params(repo, {"finetune": {"zoom": 0.0}})
     assert repro(repo) == AFTER_HEAD
+
+
+def test_a_change_of_the_saved_head_reruns_the_averaging_not_fine_tuning(first_run):
+    """finetune.ensemble averages with the saved head, which head.ensemble and head.refit change; the top it
+    averages starts from the early-stopped head, which they leave as it was (the same bytes): so DVC reruns
+    finetune_ensemble, seconds, and not finetune's training."""
+    repo = first_run
+    # head.refit off: the partner is the saved head (with it on, the early-stopped one: ensemble_partner).
+    update_params(repo, {"head": {"refit": False}, "finetune": {"enabled": True, "ensemble": True}})
+    assert repro(repo) == {"train_head", *AFTER_HEAD}
+    top = (repo / "data/models/finetune_top/model.keras").read_bytes()
+    averaged = (repo / "data/models/finetuned/model.keras").read_bytes()
+    update_params(repo, {"head": {"ensemble": 2}})
+    assert repro(repo) == {"train_head", "finetune_ensemble", "evaluate", "export"}
+    assert (repo / "data/models/finetune_top/model.keras").read_bytes() == top
+    assert (repo / "data/models/finetuned/model.keras").read_bytes() != averaged  # now with two heads averaged
+    update_params(repo, {"finetune": {"ensemble": False}})
+    assert repro(repo) == {"finetune_ensemble", "evaluate", "export"}
+    assert (repo / "data/models/finetuned/model.keras").read_bytes() == top
+    assert json.loads((repo / "metrics/eval/metrics.json").read_text())["model"] == "finetuned"
 
 
 def test_gallery_is_a_declared_plot(first_run):

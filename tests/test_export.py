@@ -14,7 +14,7 @@ import pytest
 from conftest import make_class_folders, update_params
 
 from bottleneck_clf.cli import run_command
-from stages import evaluate, export, finetune, prepare, train_head, weights
+from stages import evaluate, export, finetune, finetune_ensemble, prepare, train_head, weights
 from stages import extract_features as extract_stage
 
 # Run in a fresh interpreter, from a folder outside the project, with the project kept off sys.path.
@@ -37,7 +37,7 @@ def run_pipeline(project, finetuned: bool, precision: str = "float32", ensemble:
     make_class_folders(project / "data/raw", per_class=8)
     update_params(project, {"finetune": {"enabled": finetuned, "ensemble": ensemble},
                             "extract": {"precision": precision}})
-    for stage in (weights, prepare, extract_stage, train_head, finetune, evaluate, export):
+    for stage in (weights, prepare, extract_stage, train_head, finetune, finetune_ensemble, evaluate, export):
         stage.main()
 
 
@@ -116,8 +116,9 @@ def test_exported_model_takes_any_size_and_sums_to_one(project):
 
 def test_three_classes_export_softmax(project):
     make_class_folders(project / "data/raw", per_class=6, classes=("birds", "cats", "dogs"))
-    for stage in (weights, prepare, extract_stage, train_head, finetune, evaluate, export):  # export checks
-        stage.main()                                                                       # against evaluate
+    # export checks every format against evaluate
+    for stage in (weights, prepare, extract_stage, train_head, finetune, finetune_ensemble, evaluate, export):
+        stage.main()
     model = keras.saving.load_model(project / "data/models/classifier/model.keras")
     assert model.output_shape == (None, 3)
     info = json.loads((project / "data/models/classifier/classes.json").read_text())
@@ -126,7 +127,7 @@ def test_three_classes_export_softmax(project):
 
 def test_three_classes_reject_a_threshold_other_than_half(project):
     make_class_folders(project / "data/raw", per_class=6, classes=("birds", "cats", "dogs"))
-    for stage in (weights, prepare, extract_stage, train_head, finetune):
+    for stage in (weights, prepare, extract_stage, train_head, finetune, finetune_ensemble):
         stage.main()
     update_params(project, {"evaluate": {"threshold": 0.7}})
     # Rather than ignore it: with three classes the most probable one wins whatever the threshold says.

@@ -14,7 +14,7 @@ from bottleneck_clf.features import build_extractor, load_meta, load_split
 from bottleneck_clf.finetune import augmentation, build_top, map_shape, split_layer, trained_layers
 from bottleneck_clf.head import build_head, probabilities
 from bottleneck_clf.vgg_weights import read_weights
-from stages import evaluate, finetune, prepare, train_head, weights
+from stages import evaluate, finetune, finetune_ensemble, prepare, train_head, weights
 from stages import extract_features as extract_stage
 
 
@@ -23,23 +23,36 @@ def run_until_head():
         stage.main()
 
 
+def fine_tune():
+    """The two fine-tuning stages: the training, then the model evaluate and export use (finetune.ensemble)."""
+    finetune.main()
+    finetune_ensemble.main()
+
+
 @pytest.mark.parametrize(("asked", "said"), [
-    ({}, "finetune: disabled (finetune.enabled: false) ->"),
-    ({"refit": True}, "(finetune.enabled: false) (finetune.refit needs it on) ->"),
-    ({"ensemble": True, "refit": True}, "(finetune.enabled: false) (finetune.ensemble and finetune.refit need it on)"),
+    ({}, ["finetune: disabled (finetune.enabled: false) ->",
+          "finetune_ensemble: fine-tuning disabled (finetune.enabled: false) ->"]),
+    ({"refit": True}, ["finetune: disabled (finetune.enabled: false) (finetune.refit needs it on) ->"]),
+    ({"ensemble": True, "refit": True},
+     ["finetune: disabled (finetune.enabled: false) (finetune.refit needs it on) ->",
+      "finetune_ensemble: fine-tuning disabled (finetune.enabled: false) (finetune.ensemble needs it on) ->"]),
 ])
 def test_disabled_says_which_asked_for_options_need_it_on(project, capsys, asked, said):
     update_params(project, {"finetune": asked})
-    finetune.main()
-    assert said in capsys.readouterr().out
+    fine_tune()
+    out = capsys.readouterr().out
+    for line in said:
+        assert line in out
 
 
 def test_disabled_by_default_writes_only_a_marker(project):
     make_class_folders(project / "data/raw", per_class=8)
     run_until_head()
-    finetune.main()
-    assert sorted(p.name for p in (project / "data/models/finetuned").iterdir()) == ["DISABLED"]
-    assert json.loads((project / "metrics/finetune/metrics.json").read_text()) == {"enabled": False}
+    fine_tune()
+    for folder in ("finetune_top", "finetuned"):
+        assert sorted(p.name for p in (project / "data/models" / folder).iterdir()) == ["DISABLED"]
+    for stage in ("finetune", "finetune_ensemble"):
+        assert json.loads((project / "metrics" / stage / "metrics.json").read_text()) == {"enabled": False}
     assert (project / "metrics/finetune/plots/metrics/eval/loss.tsv").read_text() == "step\tloss\n"
     evaluate.main()
     assert json.loads((project / "metrics/eval/metrics.json").read_text())["model"] == "head"
@@ -50,11 +63,15 @@ def test_enabled_trains_the_top_blocks_and_evaluate_uses_them(project, blocks, c
     make_class_folders(project / "data/raw", per_class=8)
     update_params(project, {"finetune": {"enabled": True, "blocks": blocks}})
     run_until_head()
-    finetune.main()
+    fine_tune()
     out = capsys.readouterr().out
     n = load_meta(project / "data/features")["counts"]
     assert f"train: {n['train']} images, {n['train']} through the frozen blocks, 0 from the cache" in out
     folder = project / "data/models/finetuned"
+    for name in ("model.keras", "recipe.json"):  # finetune.ensemble off: finetune's top as it is
+        assert (folder / name).read_bytes() == (project / "data/models/finetune_top" / name).read_bytes()
+    assert json.loads((project / "metrics/finetune_ensemble/metrics.json").read_text()) == {
+        "enabled": True, "ensemble": False}
     recipe = json.loads((folder / "recipe.json").read_text())
     assert recipe["blocks"] == blocks and recipe["input_shape"] == list(map_shape(32, blocks))
     top = keras.saving.load_model(folder / "model.keras")
@@ -165,7 +182,7 @@ def test_pixel_augmentation_trains_the_top_on_images(project, capsys):
     make_class_folders(project / "data/raw", per_class=8)
     update_params(project, {"finetune": {"enabled": True, "augment": "pixels"}})
     run_until_head()
-    finetune.main()
+    fine_tune()
     out = capsys.readouterr().out
     assert "images decoded; the frozen blocks run in every training step" in out
     assert "through the frozen blocks" not in out  # no cached maps in this mode
@@ -199,9 +216,10 @@ def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(proje
     make_class_folders(project / "data/raw", per_class=8)
     update_params(project, {"finetune": {"enabled": True, "ensemble": True}})
     run_until_head()
-    finetune.main()
+    fine_tune()
     out = capsys.readouterr().out
-    assert "saved averaged with the early-stopped head (finetune.ensemble): validation log loss" in out
+    assert ("finetune_ensemble: saved the fine-tuned top averaged with the early-stopped head (finetune.ensemble): "
+            "validation log loss") in out
     top = keras.saving.load_model(project / "data/models/finetuned/model.keras")  # safe mode: no custom layer
     parts = ensemble_parts(top)
     assert top.name == "ensemble" and sorted(parts) == ["finetuned", "head"]
@@ -222,8 +240,9 @@ def test_ensemble_saves_the_mean_of_the_fine_tuned_top_and_the_frozen_head(proje
     assert not np.allclose(alone, probabilities(head, features), atol=1e-3)
     np.testing.assert_allclose(probabilities(top, maps), (alone + probabilities(head, features)) / 2, atol=1e-5)
 
-    # finetune's metrics: the saved average's figures on the stop set (validation here: prepare made a test split).
-    metrics = json.loads((project / "metrics/finetune/metrics.json").read_text())
+    # finetune_ensemble's metrics: the saved average's figures on finetune's stop set (validation here: prepare made
+    # a test split).
+    metrics = json.loads((project / "metrics/finetune_ensemble/metrics.json").read_text())
     assert metrics["ensemble"] is True and sorted(metrics["ensemble_stop_set"]) == ["ensemble", "finetuned", "head"]
     assert metrics["ensemble_with"] == "early_stopped_head"
     _, stop_labels, stop_maps = maps_of("validation")
@@ -266,9 +285,9 @@ def test_ensemble_averages_with_the_saved_head_unless_it_trained_on_the_stop_set
                                          "patience": 1, "batch_size": 2}})
     run_until_head()
     capsys.readouterr()
-    finetune.main()
-    assert f"saved averaged with the {words} (finetune.ensemble)" in capsys.readouterr().out
-    metrics = json.loads((project / "metrics/finetune/metrics.json").read_text())
+    fine_tune()
+    assert f"saved the fine-tuned top averaged with the {words} (finetune.ensemble)" in capsys.readouterr().out
+    metrics = json.loads((project / "metrics/finetune_ensemble/metrics.json").read_text())
     assert metrics["ensemble_with"] == ("model" if partner == "head.keras" else "early_stopped_head")
     assert ("ensemble_stop_set" in metrics) == (not finetune_refit)
     frozen = ensemble_parts(keras.saving.load_model(project / "data/models/finetuned/model.keras"))["head"]
@@ -289,25 +308,26 @@ def test_refit_trains_again_on_every_training_image_for_the_chosen_epochs(projec
                 "batch_size": 2}
     update_params(project, {"prepare": {"test_fraction": 0.0}, "finetune": settings})
     run_until_head()
-    finetune.main()  # without refit: the run the refit repeats
+    fine_tune()  # without refit: the run the refit repeats
     plain = json.loads((project / "metrics/finetune/metrics.json").read_text())
     plain_top = keras.saving.load_model(project / "data/models/finetuned/model.keras")
     capsys.readouterr()
 
     update_params(project, {"finetune": {"refit": True}})
-    finetune.main()
+    fine_tune()
     out = capsys.readouterr().out
     metrics = json.loads((project / "metrics/finetune/metrics.json").read_text())
+    averaged = json.loads((project / "metrics/finetune_ensemble/metrics.json").read_text())
     training = load_meta(project / "data/features")["counts"]["train"]
     assert metrics["refit"] is True and plain["refit"] is False
     # The choosing run is the plain run, figure for figure; the refit ran its kept epoch count on every image.
     assert metrics["selection"] == {key: plain[key] for key in metrics["selection"]}
     assert metrics["selection"]["early_stopping_images"] < training == metrics["training_images"]
     assert metrics["epochs_run"] == plain["best_epoch"]
-    assert "eval" not in metrics and "ensemble_stop_set" not in metrics  # nothing held out is left to score it by
+    assert "eval" not in metrics and "ensemble_stop_set" not in averaged  # nothing held out is left to score it by
     assert f"refit on all {training} training images for the {plain['best_epoch']} epoch(s)" in out
     assert f"saved its refit on all {training} training images (finetune.refit)" in out
-    assert ("saved averaged with the saved head (finetune.ensemble) ->" in out) == ensemble  # no stop-set figure
+    assert ("top averaged with the saved head (finetune.ensemble) ->" in out) == ensemble  # no stop-set figure
     # Keras' steps per epoch: the refit's cover every training image, the choosing run's only the fitted ones.
     fitted, steps = training - metrics["selection"]["early_stopping_images"], -(-training // 2)
     assert f"{steps}/{steps} - " in out.split("refit on all")[1] and -(-fitted // 2) < steps
@@ -332,7 +352,7 @@ def test_refit_with_a_test_split_trains_on_train_and_validation_and_leaves_test_
                                          "refit": True}})
     run_until_head()
     capsys.readouterr()
-    finetune.main()
+    fine_tune()
     out = capsys.readouterr().out
     counts = load_meta(project / "data/features")["counts"]
     joined = counts["train"] + counts["validation"]
@@ -367,14 +387,14 @@ def test_fine_tuning_starts_from_the_early_stopped_head_not_a_refitted_one(proje
     plain_head = load("head.keras")
     # Without a refit the two files are one head (the same bytes in a fresh process, so one DVC object).
     assert same_weights(load("head_early_stopped.keras"), plain_head)
-    finetune.main()
+    fine_tune()
     plain_top = load("finetuned/model.keras")
 
     update_params(project, {"head": {"refit": True}})
     train_head.main()
     assert same_weights(load("head_early_stopped.keras"), plain_head)
     assert not same_weights(load("head.keras"), plain_head)  # the refit is the saved head
-    finetune.main()
+    fine_tune()
     assert same_weights(load("finetuned/model.keras"), plain_top)
     evaluate.main()
     assert json.loads((project / "metrics/eval/metrics.json").read_text())["model"] == (
@@ -389,10 +409,8 @@ def three_class_top(name: str, kernel: np.ndarray) -> keras.Model:
     return model
 
 
-@pytest.mark.parametrize("through_frozen", [False, True], ids=["maps", "pixels"])
-def test_stop_set_scores_of_an_ensemble_and_its_parts(through_frozen):
-    """Three classes (softmax averaged), only the stop rows counted, the most probable class, plain log loss;
-    with `frozen` (finetune.augment: pixels) the inputs go through it first."""
+def test_stop_set_scores_of_an_ensemble_and_its_parts():
+    """Three classes (softmax averaged), only the stop rows counted, the most probable class, plain log loss."""
     from bottleneck_clf.finetune import ensemble_top, stop_set_scores
 
     rng = np.random.default_rng(0)
@@ -409,8 +427,7 @@ def test_stop_set_scores_of_an_ensemble_and_its_parts(through_frozen):
         probs = {"finetuned": softmax(kernels["top"], rows), "head": softmax(kernels["frozen_top"], rows)}
         return {**probs, "ensemble": (probs["finetuned"] + probs["head"]) / 2}
 
-    frozen = keras.Sequential([keras.Input((2,)), keras.layers.Rescaling(0.5)]) if through_frozen else None
-    scores = stop_set_scores(top, (2 * x if through_frozen else x, labels, rows), frozen, batch_size=2)
+    scores = stop_set_scores(top, (x, labels, rows), batch_size=2)
     assert sorted(scores) == ["ensemble", "finetuned", "head"]
     truth = labels[rows]
     for key, probs in expected(rows).items():

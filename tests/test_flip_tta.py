@@ -16,7 +16,7 @@ from bottleneck_clf.errors import UserError
 from bottleneck_clf.export import mirror
 from bottleneck_clf.features import build_extractor, encode_batch, load_meta, load_split
 from bottleneck_clf.runtimes import FILES, FLOAT_AGREEMENT
-from stages import evaluate, export, finetune, prepare, train_head, weights
+from stages import evaluate, export, finetune, finetune_ensemble, prepare, train_head, weights
 from stages import extract_features as extract_stage
 
 
@@ -71,7 +71,7 @@ def test_every_export_combines_the_flips_as_extraction_did(project, capsys, flip
     make_class_folders(project / "data/raw", per_class=8)
     update_params(project, {"extract": {"flip_tta": flip_tta, "pooling": pooling},
                             "export": {"formats": formats}})
-    for stage in (weights, prepare, extract_stage, train_head, finetune, evaluate, export):
+    for stage in (weights, prepare, extract_stage, train_head, finetune, finetune_ensemble, evaluate, export):
         stage.main()  # export stops when a float format is off evaluate's probabilities by more than 1e-4
     recorded = json.loads((project / "metrics/export/metrics.json").read_text())["formats"]
     assert list(recorded) == formats

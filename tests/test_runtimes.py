@@ -29,7 +29,7 @@ ALL_FORMATS = list(FORMATS)
 def shipped(tmp_path_factory, tiny_weights):
     """The tiny project run through export with every format (one run shared by the module's tests), its head an
     average of two (head.ensemble, as the default's five): nested models in every runtime."""
-    from stages import evaluate, export, finetune, prepare, train_head, weights
+    from stages import evaluate, export, finetune, finetune_ensemble, prepare, train_head, weights
     from stages import extract_features as extract_stage
 
     root = copy_project(tmp_path_factory.mktemp("shipped") / "project")
@@ -41,7 +41,7 @@ def shipped(tmp_path_factory, tiny_weights):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("BOTTLENECK_FEATURE_CACHE", str(root.parent / "feature-cache"))
-        for stage in (weights, prepare, extract_stage, train_head, finetune, evaluate, export):
+        for stage in (weights, prepare, extract_stage, train_head, finetune, finetune_ensemble, evaluate, export):
             stage.main()
     return root
 
@@ -51,7 +51,7 @@ def test_an_ensemble_ships_to_every_format(tmp_path, tiny_weights, monkeypatch):
     saved average of two heads: models nested three deep. Every runtime gives evaluate's probabilities for it
     too (export raises when a float format is more than FLOAT_AGREEMENT off, so reaching metrics is the check)."""
     from bottleneck_clf.finetune import ensemble_parts
-    from stages import evaluate, export, finetune, prepare, train_head, weights
+    from stages import evaluate, export, finetune, finetune_ensemble, prepare, train_head, weights
     from stages import extract_features as extract_stage
 
     root = copy_project(tmp_path / "project")
@@ -63,7 +63,7 @@ def test_an_ensemble_ships_to_every_format(tmp_path, tiny_weights, monkeypatch):
     make_class_folders(root / "data/raw", per_class=8)
     monkeypatch.chdir(root)
     monkeypatch.setenv("BOTTLENECK_FEATURE_CACHE", str(tmp_path / "feature-cache"))
-    for stage in (weights, prepare, extract_stage, train_head, finetune, evaluate, export):
+    for stage in (weights, prepare, extract_stage, train_head, finetune, finetune_ensemble, evaluate, export):
         stage.main()
     metrics = json.loads((root / "metrics/export/metrics.json").read_text())
     evaluated = json.loads((root / "metrics/eval/metrics.json").read_text())

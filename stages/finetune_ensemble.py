@@ -1,0 +1,108 @@
+"""Stage `finetune_ensemble`: the fine-tuned model that evaluate and export use.
+
+finetune's top as it is, or with finetune.ensemble one model that runs it and the untouched top (the ImageNet
+blocks and a head of train_head's) side by side on the same frozen-block maps and averages their probabilities.
+The head is the saved one (every head.ensemble member) unless it has trained on the stop set and the fine-tuned
+top has not (head.refit without finetune.refit): then the early-stopped head (finetune.ensemble_partner).
+
+A stage of its own, after finetune, so that a change of the saved head (head.ensemble, head.refit) reruns this
+averaging, seconds, and not fine-tuning's training. Disabled fine-tuning: a marker, and evaluate and export use
+the head alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
+from bottleneck_clf.atomic import atomic_dir, write_json
+from bottleneck_clf.config import load_config
+from bottleneck_clf.dataset import MANIFEST, class_names, read_manifest
+from bottleneck_clf.machine import record as record_machine
+from bottleneck_clf.paths import project_paths
+
+# metrics.json's `ensemble_with` (finetune.ensemble_partner's path name) in the console's words.
+PARTNER_WORDS = {"model": "saved head", "early_stopped_head": "early-stopped head"}
+
+
+def stop_set_scores_of(model, config, paths: dict, batch_size: int) -> tuple[dict, str]:
+    """The average's and each part's accuracy and log loss on the stop set finetune stopped on, and its name."""
+    from bottleneck_clf.config import ExtractConfig
+    from bottleneck_clf.feature_cache import feature_cache_dir
+    from bottleneck_clf.finetune import FrozenMaps, read_recipe, stop_set_maps, stop_set_scores
+    from bottleneck_clf.vgg_weights import read_weights
+
+    entries = read_manifest(paths["prepared"] / MANIFEST)
+    recipe = read_recipe(paths["finetune_top"])  # the maps the top was trained on, as evaluate rebuilds them
+    frozen = FrozenMaps(read_weights(paths["weights"]), ExtractConfig.from_mapping(recipe), recipe["blocks"],
+                        feature_cache_dir())
+    with tempfile.TemporaryDirectory(prefix="finetune-ensemble-maps-") as scratch:
+        stop, name = stop_set_maps(frozen, entries, paths["raw"], class_names(entries),
+                                   config.head.early_stopping_fraction, config.base.seed, Path(scratch))
+        scores = stop_set_scores(model, stop, batch_size)
+        del stop
+    return scores, name
+
+
+def main() -> None:
+    import keras
+
+    from bottleneck_clf.finetune import (
+        ENSEMBLE_PARTS,
+        RECIPE_FILE,
+        TOP_FILE,
+        build_top,
+        ensemble_partner,
+        ensemble_top,
+        read_recipe,
+        write_disabled_marker,
+    )
+    from bottleneck_clf.model_files import save_model
+    from bottleneck_clf.vgg_weights import read_weights
+
+    config = load_config()
+    settings, paths = config.finetune, project_paths()
+    record_machine(paths["machine"], "finetune_ensemble")  # the CPU that made these floats (check-repro)
+    source, target = paths["finetune_top"], paths["finetuned"]
+    if not settings.enabled:
+        write_disabled_marker(target)
+        write_json(paths["ensemble_metrics"] / "metrics.json", {"enabled": False})
+        ignored = " (finetune.ensemble needs it on)" if settings.ensemble else ""
+        print(f"finetune_ensemble: fine-tuning disabled (finetune.enabled: false){ignored} -> {target}")
+        return
+    summary = {"enabled": True, "ensemble": settings.ensemble}
+    if not settings.ensemble:  # the top as finetune saved it, byte for byte
+        with atomic_dir(target) as tmp:
+            for name in (TOP_FILE, RECIPE_FILE):
+                shutil.copyfile(source / name, tmp / name)
+        write_json(paths["ensemble_metrics"] / "metrics.json", summary)
+        print(f"finetune_ensemble: the fine-tuned top as it is (finetune.ensemble: false) -> {target}")
+        return
+    top = keras.saving.load_model(source / TOP_FILE, compile=False)
+    recipe = read_recipe(source)
+    partner = ensemble_partner(config.head.refit, settings.refit)
+    head = keras.saving.load_model(paths[partner], compile=False)
+    frozen = build_top(tuple(recipe["input_shape"]), recipe["blocks"], recipe["pooling"],
+                       read_weights(paths["weights"]), head, model_name=ENSEMBLE_PARTS["head"])
+    top = ensemble_top(top, frozen)
+    summary["ensemble_with"] = partner
+    said = f"the fine-tuned top averaged with the {PARTNER_WORDS[partner]} (finetune.ensemble)"
+    if not settings.refit:  # after a refit the stop slice is training data: no figure on it is held out
+        # metrics.json describes the saved model: the average's figures on finetune's stop set, beside each
+        # part's by the same measure (finetune's `eval` is Keras' loss, with any smoothing or L2 in it).
+        summary["ensemble_stop_set"], stop_name = stop_set_scores_of(top, config, paths, settings.batch_size)
+        mean = summary["ensemble_stop_set"]["ensemble"]
+        said += f": {stop_name} log loss {mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}"
+    with atomic_dir(target) as tmp:
+        save_model(top, tmp / TOP_FILE)
+        write_json(tmp / RECIPE_FILE, recipe)
+    write_json(paths["ensemble_metrics"] / "metrics.json", summary)
+    print(f"finetune_ensemble: saved {said} -> {target}")
+
+
+if __name__ == "__main__":
+    from bottleneck_clf.errors import run
+
+    run(main, "finetune_ensemble")
