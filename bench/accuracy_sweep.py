@@ -64,7 +64,7 @@ LEVERS = {
         ("head: label smoothing 0.1", ["head.label_smoothing=0.1"]),
         ("head: cosine schedule", ["head.schedule=cosine"]),
         # A refit (head.refit, the default since) has no stop set left for the plateau schedule to watch.
-        ("head: reduce on plateau", ["head.schedule=plateau", "head.refit=false"]),
+        ("head: reduce on plateau, no head refit", ["head.schedule=plateau", "head.refit=false"]),
         ("flip TTA, averaged", ["extract.flip_tta=average"]),
         ("flip TTA, stacked", ["extract.flip_tta=stack"]),
         ("batch normalisation + flip TTA averaged", ["head.batch_norm=true", "extract.flip_tta=average"]),

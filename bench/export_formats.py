@@ -74,6 +74,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--calibration", type=int, default=32, help="int8 calibration images (default 32)")
     args = parser.parse_args()
+    if min(args.rounds, args.images, args.batch_size, args.calibration) < 1 or args.image_size < 32:
+        parser.error("--rounds, --images, --batch-size and --calibration must be at least 1, --image-size at least 32")
 
     size = args.image_size
     model, source = build(args.weights, size)

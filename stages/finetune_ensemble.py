@@ -20,6 +20,7 @@ import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.atomic import atomic_dir, write_json
 from bottleneck_clf.config import load_config
 from bottleneck_clf.dataset import MANIFEST, class_names, read_manifest
+from bottleneck_clf.errors import UserError
 from bottleneck_clf.machine import record as record_machine
 from bottleneck_clf.paths import project_paths
 
@@ -72,6 +73,10 @@ def main() -> None:
         ignored = " (finetune.ensemble needs it on)" if settings.ensemble else ""
         print(f"finetune_ensemble: fine-tuning disabled (finetune.enabled: false){ignored} -> {target}")
         return
+    if not (source / TOP_FILE).exists():
+        state = "ran with finetune.enabled: false" if (source / "DISABLED").exists() else "has not run"
+        raise UserError(f"{source}: no fine-tuned top (finetune {state}); run `dvc repro finetune_ensemble`, which "
+                        "runs finetune first")
     summary = {"enabled": True, "ensemble": settings.ensemble}
     if not settings.ensemble:  # the top as finetune saved it, byte for byte
         with atomic_dir(target) as tmp:

@@ -90,6 +90,11 @@ def test_a_change_of_the_saved_head_reruns_the_averaging_not_fine_tuning(first_r
     assert repro(repo) == {"train_head", "finetune_ensemble", "evaluate", "export"}
     assert (repo / "data/models/finetune_top/model.keras").read_bytes() == top
     assert (repo / "data/models/finetuned/model.keras").read_bytes() != averaged  # now with two heads averaged
+    averaged = (repo / "data/models/finetuned/model.keras").read_bytes()
+    update_params(repo, {"head": {"refit": True}})  # the partner becomes the early-stopped head (ensemble_partner)
+    assert repro(repo) == {"train_head", "finetune_ensemble", "evaluate", "export"}
+    assert (repo / "data/models/finetune_top/model.keras").read_bytes() == top
+    assert (repo / "data/models/finetuned/model.keras").read_bytes() != averaged
     update_params(repo, {"finetune": {"ensemble": False}})
     assert repro(repo) == {"finetune_ensemble", "evaluate", "export"}
     assert (repo / "data/models/finetuned/model.keras").read_bytes() == top

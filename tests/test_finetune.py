@@ -45,6 +45,22 @@ def test_disabled_says_which_asked_for_options_need_it_on(project, capsys, asked
         assert line in out
 
 
+@pytest.mark.parametrize("ran", [False, True], ids=["never", "disabled"])
+def test_averaging_without_a_fine_tuned_top_is_one_clear_message(project, ran):
+    """finetune_ensemble run by hand with finetune.enabled but no top from finetune: a UserError naming the folder and
+    the command, nothing written."""
+    from bottleneck_clf.errors import UserError
+
+    if ran:
+        finetune.main()  # disabled: only the marker
+    update_params(project, {"finetune": {"enabled": True}})
+    state = "ran with finetune.enabled: false" if ran else "has not run"
+    with pytest.raises(UserError, match=rf"data/models/finetune_top: no fine-tuned top \(finetune {state}\); run "
+                                        r"`dvc repro finetune_ensemble`"):
+        finetune_ensemble.main()
+    assert not (project / "data/models/finetuned").exists()
+
+
 def test_disabled_by_default_writes_only_a_marker(project):
     make_class_folders(project / "data/raw", per_class=8)
     run_until_head()
@@ -310,6 +326,10 @@ def test_refit_trains_again_on_every_training_image_for_the_chosen_epochs(projec
     run_until_head()
     fine_tune()  # without refit: the run the refit repeats
     plain = json.loads((project / "metrics/finetune/metrics.json").read_text())
+    if ensemble:  # finetune_ensemble scores the slice finetune stopped on: its top alone gives finetune's `eval`
+        alone = json.loads((project / "metrics/finetune_ensemble/metrics.json").read_text())["ensemble_stop_set"]
+        assert alone["finetuned"]["accuracy"] == pytest.approx(plain["eval"]["accuracy"])
+        assert alone["finetuned"]["loss"] == pytest.approx(plain["eval"]["loss"], rel=1e-3)
     plain_top = keras.saving.load_model(project / "data/models/finetuned/model.keras")
     capsys.readouterr()
 
