@@ -30,6 +30,7 @@ MEAN_NAME = "mean_probabilities"
 # Inside the output folders of finetune (the top) and finetune_ensemble (the model evaluate and export use).
 TOP_FILE = "model.keras"
 RECIPE_FILE = "recipe.json"
+DISABLED_FILE = "DISABLED"  # instead of a model when finetune.enabled is false
 
 
 def split_layer(blocks: int) -> str:
@@ -252,7 +253,8 @@ def write_disabled_marker(model_dir: Path) -> None:
     from bottleneck_clf.atomic import atomic_dir
 
     with atomic_dir(model_dir) as tmp:
-        (tmp / "DISABLED").write_text("finetune.enabled is false in params.yaml; evaluate and export use the head.\n")
+        (tmp / DISABLED_FILE).write_text(
+            "finetune.enabled is false in params.yaml; evaluate and export use the head.\n")
 
 
 def read_recipe(finetuned: Path) -> dict:
@@ -290,13 +292,19 @@ class FrozenMaps:
         return np.load(target, mmap_mode="r"), encoded, hit
 
 
+def split_rows(entries: list, split: str, classes: list[str]) -> tuple[list, np.ndarray]:
+    """(manifest rows, class indices) of one split, in manifest order: the order finetune trains and stops in."""
+    rows = [e for e in entries if e.split == split]
+    return rows, np.array([classes.index(e.label) for e in rows], np.int32)
+
+
 def split_pixels(entries: list, split: str, raw: Path, classes: list[str], extract: ExtractConfig, scratch: Path):
     """(resized images, labels) of one split for finetune.augment: pixels, memory-mapped from `scratch`."""
     from tqdm import tqdm
 
     from bottleneck_clf.features import iter_pixels
 
-    rows = [e for e in entries if e.split == split]
+    rows, labels = split_rows(entries, split, classes)
     size = extract.image_size
     pixels = np.lib.format.open_memmap(scratch / f"{split}-pixels.npy", mode="w+", dtype=np.float32,
                                        shape=(len(rows), size, size, 3))
@@ -310,7 +318,7 @@ def split_pixels(entries: list, split: str, raw: Path, classes: list[str], extra
     pixels.flush()
     print(f"finetune: {split}: {len(rows)} images decoded; the frozen blocks run in every training step "
           "(finetune.augment: pixels)")
-    return pixels, np.array([classes.index(e.label) for e in rows], np.int32)
+    return pixels, labels
 
 
 def stop_set_maps(frozen: FrozenMaps, entries: list, raw: Path, classes: list[str], fraction: float, seed: int,
@@ -322,9 +330,7 @@ def stop_set_maps(frozen: FrozenMaps, entries: list, raw: Path, classes: list[st
     from bottleneck_clf.head import stopping_sets
 
     has_test = any(e.split == "test" for e in entries)
-    split = "validation" if has_test else "train"
-    rows = [e for e in entries if e.split == split]
-    labels = np.array([classes.index(e.label) for e in rows], np.int32)
+    rows, labels = split_rows(entries, "validation" if has_test else "train", classes)
     _, (_, _, picked), name = stopping_sets((None, labels), (None, labels), has_test, fraction, seed)
     if picked is not None:
         rows, labels = [rows[i] for i in picked], labels[picked]
@@ -338,8 +344,8 @@ def split_maps(frozen: FrozenMaps, entries: list, split: str, raw: Path, classes
 
     Outside FrozenMaps on purpose: that class's source is in the maps' cache key, and this one changes no map.
     """
-    rows = [e for e in entries if e.split == split]
+    rows, labels = split_rows(entries, split, classes)
     maps, encoded, hit = frozen.compute([str(raw / e.path) for e in rows], [e.sha256 for e in rows],
                                         scratch / f"{split}.npy", desc=f"frozen blocks {split}")
     print(f"finetune: {split}: {len(rows)} images, {encoded} through the frozen blocks, {hit} from the cache")
-    return maps, np.array([classes.index(e.label) for e in rows], np.int32)
+    return maps, labels

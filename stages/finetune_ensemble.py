@@ -28,17 +28,15 @@ from bottleneck_clf.paths import project_paths
 PARTNER_WORDS = {"model": "saved head", "early_stopped_head": "early-stopped head"}
 
 
-def stop_set_scores_of(model, config, paths: dict, batch_size: int) -> tuple[dict, str]:
-    """The average's and each part's accuracy and log loss on the stop set finetune stopped on, and its name."""
+def stop_set_scores_of(model, recipe: dict, weights, config, paths: dict, batch_size: int) -> tuple[dict, str]:
+    """The average's and each part's accuracy and log loss on the stop set finetune stopped on, and its name; the
+    maps as the top was trained on them (its recipe), as evaluate rebuilds them."""
     from bottleneck_clf.config import ExtractConfig
     from bottleneck_clf.feature_cache import feature_cache_dir
-    from bottleneck_clf.finetune import FrozenMaps, read_recipe, stop_set_maps, stop_set_scores
-    from bottleneck_clf.vgg_weights import read_weights
+    from bottleneck_clf.finetune import FrozenMaps, stop_set_maps, stop_set_scores
 
     entries = read_manifest(paths["prepared"] / MANIFEST)
-    recipe = read_recipe(paths["finetune_top"])  # the maps the top was trained on, as evaluate rebuilds them
-    frozen = FrozenMaps(read_weights(paths["weights"]), ExtractConfig.from_mapping(recipe), recipe["blocks"],
-                        feature_cache_dir())
+    frozen = FrozenMaps(weights, ExtractConfig.from_mapping(recipe), recipe["blocks"], feature_cache_dir())
     with tempfile.TemporaryDirectory(prefix="finetune-ensemble-maps-") as scratch:
         stop, name = stop_set_maps(frozen, entries, paths["raw"], class_names(entries),
                                    config.head.early_stopping_fraction, config.base.seed, Path(scratch))
@@ -51,6 +49,7 @@ def main() -> None:
     import keras
 
     from bottleneck_clf.finetune import (
+        DISABLED_FILE,
         ENSEMBLE_PARTS,
         RECIPE_FILE,
         TOP_FILE,
@@ -74,7 +73,7 @@ def main() -> None:
         print(f"finetune_ensemble: fine-tuning disabled (finetune.enabled: false){ignored} -> {target}")
         return
     if not (source / TOP_FILE).exists():
-        state = "ran with finetune.enabled: false" if (source / "DISABLED").exists() else "has not run"
+        state = "ran with finetune.enabled: false" if (source / DISABLED_FILE).exists() else "has not run"
         raise UserError(f"{source}: no fine-tuned top (finetune {state}); run `dvc repro finetune_ensemble`, which "
                         "runs finetune first")
     summary = {"enabled": True, "ensemble": settings.ensemble}
@@ -89,15 +88,17 @@ def main() -> None:
     recipe = read_recipe(source)
     partner = ensemble_partner(config.head.refit, settings.refit)
     head = keras.saving.load_model(paths[partner], compile=False)
-    frozen = build_top(tuple(recipe["input_shape"]), recipe["blocks"], recipe["pooling"],
-                       read_weights(paths["weights"]), head, model_name=ENSEMBLE_PARTS["head"])
+    weights = read_weights(paths["weights"])
+    frozen = build_top(tuple(recipe["input_shape"]), recipe["blocks"], recipe["pooling"], weights, head,
+                       model_name=ENSEMBLE_PARTS["head"])
     top = ensemble_top(top, frozen)
     summary["ensemble_with"] = partner
     said = f"the fine-tuned top averaged with the {PARTNER_WORDS[partner]} (finetune.ensemble)"
     if not settings.refit:  # after a refit the stop slice is training data: no figure on it is held out
         # metrics.json describes the saved model: the average's figures on finetune's stop set, beside each
         # part's by the same measure (finetune's `eval` is Keras' loss, with any smoothing or L2 in it).
-        summary["ensemble_stop_set"], stop_name = stop_set_scores_of(top, config, paths, settings.batch_size)
+        summary["ensemble_stop_set"], stop_name = stop_set_scores_of(top, recipe, weights, config, paths,
+                                                                     settings.batch_size)
         mean = summary["ensemble_stop_set"]["ensemble"]
         said += f": {stop_name} log loss {mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}"
     with atomic_dir(target) as tmp:
