@@ -16,6 +16,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; put straight back, at import, before threads
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()
+
+
+def _mode_for(target: Path, default: int) -> int:
+    """The permissions an output gets: those of the file it replaces, else what open() and mkdir() would give
+    (mkstemp and mkdtemp make 0600 and 0700, private to the user, whatever the umask)."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        return default & ~UMASK
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary file path beside `target` (same suffix); it replaces `target` on success."""
@@ -28,6 +46,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _mode_for(target, 0o666))
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -47,6 +66,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, _mode_for(target, 0o777))
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
@@ -66,6 +86,7 @@ def write_shared(target: Path, data: bytes) -> None:
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.fchmod(fd, 0o666 & ~UMASK)  # a cache other users may share reads as the umask allows
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         # Concurrent writers of one key write identical bytes; the rename makes each appear whole.

@@ -68,9 +68,21 @@ def find_candidates(root: str | Path, layout: str) -> tuple[str, list[Candidate]
                 f"{root / relative}: expected {'<split>/<class>/<file>' if depth == 3 else '<class>/<file>'}; "
                 "move the file into a class folder or out of the raw data folder"
             )
+        if not is_utf8(relative.as_posix()):
+            # The manifest, the labels and every report are UTF-8 text; repr() shows the odd bytes as escapes.
+            raise UserError(f"{str(root / relative)!r}: its name is not UTF-8 text; rename the file or its folder")
         split = parts[0] if depth == 3 else None
         candidates.append(Candidate(relative.as_posix(), parts[-2], split))
     return layout, candidates
+
+
+def is_utf8(name: str) -> bool:
+    """False for a file name that the file system gave as bytes Python could not decode (surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -86,7 +98,11 @@ def check_images(root: Path, candidates: list[Candidate], hash_image=None
     good, bad, hashes = [], [], {}
     for candidate in tqdm(candidates, desc="prepare: checking images", unit="img", mininterval=1.0):
         path = root / candidate.path
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # no permission, a file gone since it was listed, an I/O error
+            bad.append((candidate.path, f"cannot read the file ({exc.strerror})"))
+            continue
         try:
             # Decoding the bytes we hashed means the hash always names the pixels we checked.
             image = decode_rgb(data)
@@ -227,6 +243,9 @@ def write_manifest(entries: list[Entry], target: Path) -> None:
 
 def read_manifest(path: str | Path) -> list[Entry]:
     path = Path(path)
+    if not path.is_file():  # a stage run by hand before prepare
+        raise UserError(f"{path}: not found; run the prepare stage first (`dvc repro prepare`, or "
+                        "`python -m stages.prepare`)")
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != MANIFEST_FIELDS:

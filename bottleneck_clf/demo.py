@@ -111,6 +111,9 @@ def write_demo_set(raw: Path | None = None, per_class: int = 40, size: int = 64)
 
         raw = project_paths()["raw"]
     raw = Path(raw)
+    blocked = next((folder for folder in (raw, *raw.parents) if folder.exists() and not folder.is_dir()), None)
+    if blocked is not None:
+        raise UserError(f"{raw}: {blocked} is a file, not a folder; pass --out a folder to write the demo into")
     if raw.exists() and list_files(raw) and not (raw / MARKER).exists():
         raise UserError(
             f"{raw} already holds {len(list_files(raw))} files that are not the demo; the demo never "

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -40,6 +41,7 @@ except ImportError:  # not POSIX: no lock; two processes may then encode the sam
 
 FINGERPRINT_FILE = "fingerprint.json"
 LOCK_FILE = ".lock"
+ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.npy")  # an image's sha256: FeatureCache.path
 # A writer finishes an entry in milliseconds; a temporary file this old belongs to a killed process.
 STALE_TMP_SECONDS = 3600
 
@@ -182,12 +184,14 @@ def prune(root: str | Path, older_than_days: float | None = None) -> Pruned:
     entries = leftovers = freed = 0
     if not root.is_dir():
         return Pruned(0, 0, 0)
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    # Only what this cache writes: BOTTLENECK_FEATURE_CACHE may point at a folder that holds other files too.
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and (p / FINGERPRINT_FILE).is_file()):
         try:
-            for path in folder.rglob("*.npy"):
-                size = _remove_if_older(path, cutoff)
-                entries, freed = entries + (size is not None), freed + (size or 0)
-            for path in folder.rglob(".*.tmp"):
+            for path in folder.glob("??/*.npy"):
+                if ENTRY_NAME.fullmatch(path.name) and path.name.startswith(path.parent.name):
+                    size = _remove_if_older(path, cutoff)
+                    entries, freed = entries + (size is not None), freed + (size or 0)
+            for path in [*folder.glob(".*.tmp"), *folder.glob("??/.*.tmp")]:
                 size = _remove_if_older(path, now - STALE_TMP_SECONDS)
                 leftovers, freed = leftovers + (size is not None), freed + (size or 0)
             _remove_if_empty(folder)

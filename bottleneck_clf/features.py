@@ -37,11 +37,16 @@ def source_digest(*objects) -> str:
 
 def feature_code() -> tuple:
     """The code a feature value goes through: decoding, EXIF, RGB rule, resize (images), batching, one image a
-    VGG16 call and preprocessing (this module), the model build and weight reading (vgg_weights), and the stored form.
+    VGG16 call and preprocessing (this module), the model build and weight reading (vgg_weights), the stored form,
+    and on a Ray cluster the tasks and actors that decode and encode there (engine: what reaches the model).
 
-    Whole modules, so an edit anywhere in them (a comment too) is a cache miss: the safe side.
+    Whole modules, so an edit anywhere in them (a comment too) is a cache miss: the safe side. Of engine only
+    the parts on the values' path, so that editing how it connects to a cluster keeps the cache.
     """
-    return images, sys.modules[__name__], vgg_weights, FeatureCache
+    from bottleneck_clf import engine
+
+    return images, sys.modules[__name__], vgg_weights, FeatureCache, engine.RayEngine.run, engine.decode_files, \
+        engine.VggActor
 
 
 def feature_shape(image_size: int, pooling: str, flip_tta: str = "none") -> tuple[int, ...]:
@@ -225,7 +230,7 @@ def fill_features(model, paths: list[str], digests: list[str], out: np.ndarray, 
     experiment in another workspace) may have encoded them while this one waited.
 
     `encode(paths, digests)` yields the features of the misses in order, a batch at a time; by default `model`
-    in this process (`iter_features`); the Ray engine passes its own (bottleneck_clf/ray_engine.py).
+    in this process (`iter_features`); the Ray engine passes its own (bottleneck_clf/engine.py).
     """
     if encode is None:
         def encode(todo_paths, todo_digests):

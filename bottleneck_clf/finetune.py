@@ -263,6 +263,33 @@ def read_recipe(finetuned: Path) -> dict:
     return json.loads((finetuned / RECIPE_FILE).read_text(encoding="utf-8"))
 
 
+def made_from(files: list[Path]) -> dict[str, str]:
+    """{path: sha256} of the files a model was made from, for its recipe (recipe["made_from"]): check_current
+    tells from it whether they have changed since."""
+    from bottleneck_clf.dataset import sha256_bytes
+
+    return {str(file): sha256_bytes(Path(file).read_bytes()) for file in files}
+
+
+def check_current(finetuned: Path, finetune_top: Path) -> None:
+    """Refuse a finetuned model (finetune_ensemble's) that is not made from the fine-tuned top and head as they
+    are now, before evaluate scores it or export ships it: that happens only when finetune or train_head was run
+    by hand after finetune_ensemble, or finetune_ensemble was skipped (`dvc repro` runs them in order)."""
+    if (finetuned / TOP_FILE).exists():
+        recorded = read_recipe(finetuned).get("made_from", {})
+        changed = [path for path, digest in recorded.items()
+                   if not Path(path).is_file() or made_from([Path(path)])[path] != digest]
+        if not changed:
+            return
+        stale = f"{finetuned} was made from {' and '.join(changed)} as they were before (changed or gone since)"
+    elif (finetune_top / TOP_FILE).exists():
+        stale = f"{finetune_top} holds a fine-tuned top that {finetuned} does not have"
+    else:
+        return
+    raise UserError(f"{stale}: a stage was run by hand out of order. Run `python -m stages.finetune_ensemble` "
+                    "(or `dvc repro`, which runs the stages in order), then this one again")
+
+
 class FrozenMaps:
     """Outputs of the frozen blocks for lists of images, each image encoded once per recipe (feature cache)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,22 @@ class ParamsLoader(yaml.SafeLoader):
     """PyYAML's safe loader, reading floats as YAML 1.2 does (and DVC with it): `5e-05` and `1e-4` are numbers.
 
     PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so it reads `5e-05` as a string.
-    That is how `dvc exp run -S finetune.learning_rate=0.00005` writes the value (Python's repr)."""
+    That is how `dvc exp run -S finetune.learning_rate=0.00005` writes the value (Python's repr).
+
+    A key given twice in one mapping is an error, as DVC's own YAML reader makes it, not the last one winning
+    without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the base class says what is wrong with it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"found the key {key!r} twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 ParamsLoader.add_implicit_resolver(
@@ -69,7 +85,9 @@ class Float:
         return f"a number in {left}{self.low}, {self.high}{right}"
 
     def check(self, value: Any) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        # An int is finite whatever its size (math.isfinite would overflow on a float-sized one).
+        if isinstance(value, bool) or not isinstance(value, int | float) or (isinstance(value, float)
+                                                                             and not math.isfinite(value)):
             return f"must be {self.describe()}, got {value!r}"
         too_low = value <= self.low if self.low_open else value < self.low
         too_high = value >= self.high if self.high_open else value > self.high
@@ -282,4 +300,9 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, dict[str, Any]]:
         params = yaml.load(path.read_text(encoding="utf-8"), Loader=ParamsLoader)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
+                        "save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read it ({exc.strerror}); params.yaml must be a readable file") from None
     return check_params(params, str(path))

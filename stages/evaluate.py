@@ -14,7 +14,7 @@ from bottleneck_clf.evaluation import (
     write_predictions,
 )
 from bottleneck_clf.features import load_meta, load_split
-from bottleneck_clf.finetune import TOP_FILE
+from bottleneck_clf.finetune import TOP_FILE, check_current
 from bottleneck_clf.gallery import draw_gallery, worst_mistakes
 from bottleneck_clf.head import probabilities
 from bottleneck_clf.machine import record as record_machine
@@ -37,6 +37,7 @@ def main() -> None:
     check_threshold(settings.threshold, len(classes))  # only now is the class count known
     split = choose_split(settings.split, list(meta["counts"]))
     features, labels, ids = load_split(paths["features"], split)
+    check_current(paths["finetuned"], paths["finetune_top"])
     parts = {}
     if (paths["finetuned"] / TOP_FILE).exists():
         probs, parts = finetuned_probabilities(paths, split, ids)

@@ -18,6 +18,7 @@ from bottleneck_clf.config import load_config
 from bottleneck_clf.dataset import MANIFEST, read_manifest
 from bottleneck_clf.export import CLASSES_FILE, CLASSIFIER_FILE, build_classifier, classes_record, load_top
 from bottleneck_clf.features import load_meta
+from bottleneck_clf.finetune import check_current
 from bottleneck_clf.machine import record as record_machine
 from bottleneck_clf.model_files import save_model
 from bottleneck_clf.params import check_threshold
@@ -53,6 +54,7 @@ def main() -> None:
     classes = meta["classes"]
     threshold = check_threshold(config.evaluate.threshold, len(classes))
     weights = read_weights(paths["weights"])
+    check_current(paths["finetuned"], paths["finetune_top"])
     top, blocks, source, extract = load_top(paths["finetuned"], paths["model"], meta)
     model = build_classifier(weights, top, blocks, len(classes), extract)
     reference = read_reference(paths["eval_metrics"] / PREDICTIONS, classes)

@@ -144,8 +144,11 @@ def main() -> None:
         data.clear()
     with atomic_dir(paths["finetune_top"]) as tmp:
         save_model(top, tmp / TOP_FILE)
+        # How it was trained too: finetune_ensemble scores the average on this top's stop set, and picks its
+        # partner head by whether the top trained on that set (refit).
         write_json(tmp / RECIPE_FILE, {**recipe(config.extract, settings.blocks), "input_shape": list(frozen_shape),
-                                       "classes": classes})
+                                       "classes": classes, "refit": settings.refit,
+                                       "stop_set": {"seed": seed, "fraction": config.head.early_stopping_fraction}})
     summary = {"enabled": True, "augment": settings.augment, "refit": settings.refit, **chosen}
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's.
     write_json(paths["finetune_metrics"] / "metrics.json", summary)

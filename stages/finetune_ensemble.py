@@ -28,9 +28,9 @@ from bottleneck_clf.paths import project_paths
 PARTNER_WORDS = {"model": "saved head", "early_stopped_head": "early-stopped head"}
 
 
-def stop_set_scores_of(model, recipe: dict, weights, config, paths: dict, batch_size: int) -> tuple[dict, str]:
+def stop_set_scores_of(model, recipe: dict, weights, paths: dict, batch_size: int) -> tuple[dict, str]:
     """The average's and each part's accuracy and log loss on the stop set finetune stopped on, and its name; the
-    maps as the top was trained on them (its recipe), as evaluate rebuilds them."""
+    maps as the top was trained on them and the stop set it stopped on (its recipe), as evaluate rebuilds them."""
     from bottleneck_clf.config import ExtractConfig
     from bottleneck_clf.feature_cache import feature_cache_dir
     from bottleneck_clf.finetune import FrozenMaps, stop_set_maps, stop_set_scores
@@ -39,7 +39,7 @@ def stop_set_scores_of(model, recipe: dict, weights, config, paths: dict, batch_
     frozen = FrozenMaps(weights, ExtractConfig.from_mapping(recipe), recipe["blocks"], feature_cache_dir())
     with tempfile.TemporaryDirectory(prefix="finetune-ensemble-maps-") as scratch:
         stop, name = stop_set_maps(frozen, entries, paths["raw"], class_names(entries),
-                                   config.head.early_stopping_fraction, config.base.seed, Path(scratch))
+                                   recipe["stop_set"]["fraction"], recipe["stop_set"]["seed"], Path(scratch))
         scores = stop_set_scores(model, stop, batch_size)
         del stop
     return scores, name
@@ -56,6 +56,7 @@ def main() -> None:
         build_top,
         ensemble_partner,
         ensemble_top,
+        made_from,
         read_recipe,
         write_disabled_marker,
     )
@@ -76,17 +77,20 @@ def main() -> None:
         state = "ran with finetune.enabled: false" if (source / DISABLED_FILE).exists() else "has not run"
         raise UserError(f"{source}: no fine-tuned top (finetune {state}); run `dvc repro finetune_ensemble`, which "
                         "runs finetune first")
+    recipe = read_recipe(source)
+    if "stop_set" not in recipe:
+        raise UserError(f"{source / RECIPE_FILE}: no record of the stop set the top was trained with (an older "
+                        "version made it); fine-tune it again with `dvc repro --force finetune`, then `dvc repro`")
     summary = {"enabled": True, "ensemble": settings.ensemble}
     if not settings.ensemble:  # the top as finetune saved it, byte for byte
         with atomic_dir(target) as tmp:
-            for name in (TOP_FILE, RECIPE_FILE):
-                shutil.copyfile(source / name, tmp / name)
+            shutil.copyfile(source / TOP_FILE, tmp / TOP_FILE)
+            write_json(tmp / RECIPE_FILE, {**recipe, "made_from": made_from([source / TOP_FILE])})
         write_json(paths["ensemble_metrics"] / "metrics.json", summary)
         print(f"finetune_ensemble: the fine-tuned top as it is (finetune.ensemble: false) -> {target}")
         return
     top = keras.saving.load_model(source / TOP_FILE, compile=False)
-    recipe = read_recipe(source)
-    partner = ensemble_partner(config.head.refit, settings.refit)
+    partner = ensemble_partner(config.head.refit, recipe["refit"])
     head = keras.saving.load_model(paths[partner], compile=False)
     weights = read_weights(paths["weights"])
     frozen = build_top(tuple(recipe["input_shape"]), recipe["blocks"], recipe["pooling"], weights, head,
@@ -94,16 +98,16 @@ def main() -> None:
     top = ensemble_top(top, frozen)
     summary["ensemble_with"] = partner
     said = f"the fine-tuned top averaged with the {PARTNER_WORDS[partner]} (finetune.ensemble)"
-    if not settings.refit:  # after a refit the stop slice is training data: no figure on it is held out
+    if not recipe["refit"]:  # after a refit the stop slice is training data: no figure on it is held out
         # metrics.json describes the saved model: the average's figures on finetune's stop set, beside each
         # part's by the same measure (finetune's `eval` is Keras' loss, with any smoothing or L2 in it).
-        summary["ensemble_stop_set"], stop_name = stop_set_scores_of(top, recipe, weights, config, paths,
+        summary["ensemble_stop_set"], stop_name = stop_set_scores_of(top, recipe, weights, paths,
                                                                      settings.batch_size)
         mean = summary["ensemble_stop_set"]["ensemble"]
         said += f": {stop_name} log loss {mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}"
     with atomic_dir(target) as tmp:
         save_model(top, tmp / TOP_FILE)
-        write_json(tmp / RECIPE_FILE, recipe)
+        write_json(tmp / RECIPE_FILE, {**recipe, "made_from": made_from([source / TOP_FILE, paths[partner]])})
     write_json(paths["ensemble_metrics"] / "metrics.json", summary)
     print(f"finetune_ensemble: saved {said} -> {target}")
 

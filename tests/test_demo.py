@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
@@ -38,7 +40,15 @@ def test_never_overwrites_user_images(tmp_path):
     with pytest.raises(UserError, match="already holds 1 files that are not the demo"):
         write_demo_set(raw, per_class=2)
     assert (raw / "cats" / "mine.jpg").read_bytes() == b"precious"
-    assert list_files(raw) == [list_files(raw)[0]]
+    assert list_files(raw) == [Path("cats/mine.jpg")]
+
+
+@pytest.mark.parametrize("out", ["notes.txt", "notes.txt/raw"], ids=["the-file", "below-it"])
+def test_out_at_or_below_a_file_is_one_message_and_keeps_the_file(tmp_path, out):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match=r"notes.txt is a file, not a folder; pass --out a folder"):
+        write_demo_set(tmp_path / out, per_class=2)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def snapshot(raw):

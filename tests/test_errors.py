@@ -33,6 +33,16 @@ def test_stage_prints_a_user_mistake_without_traceback(project):
     assert (project / "data/prepared/manifest.csv").is_file()
 
 
+def test_a_stage_run_before_prepare_says_to_run_prepare(project):
+    """extract_features by hand in a fresh project: no manifest yet; one message naming it and the fix."""
+    from stages import extract_features
+
+    with pytest.raises(UserError, match=r"^data/prepared/manifest.csv: not found; run the prepare stage first "
+                                        r"\(`dvc repro prepare`, or `python -m stages.prepare`\)$"):
+        extract_features.main()
+    assert not (project / "data/features").exists()
+
+
 def test_command_prints_a_missing_model_without_traceback(tmp_path):
     missing = tmp_path / "no-model.keras"
     result = run_module("bottleneck_clf", "predict", str(missing), str(tmp_path), cwd=ROOT)

@@ -185,30 +185,33 @@ def test_concurrent_writers_do_not_corrupt(tmp_path, tiny_weights):
     np.testing.assert_array_equal(again, first)
 
 
-def test_two_runs_needing_the_same_new_images_encode_each_once(tmp_path, monkeypatch, capsys):
+def test_two_runs_needing_the_same_new_images_encode_each_once(tmp_path, tiny_weights, capsys):
     """Two queued experiments in two workspaces with one new setting: the second waits for the first's lock,
     then reads its features; without the lock both would miss and encode every image."""
     raw = make_class_folders(tmp_path / "raw", per_class=6)
     paths = [str(p) for p in sorted(raw.rglob("*.png"))]
     digests = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+    model = build_extractor(tiny_weights, 32, "avg")
     encoded = []
     first_batch = threading.Event()
 
-    def slow_encoder(model, todo_paths, *args):  # stands in for VGG16: one batch of 4, a pause, the rest
-        for start in range(0, len(todo_paths), 4):
-            batch = todo_paths[start : start + 4]
-            encoded.extend(batch)
-            yield np.stack([np.full(8, paths.index(p), np.float32) for p in batch])
+    def paced_encoder(todo_paths, todo_digests):  # the real VGG16 (fill_features' own), a pause after each batch
+        done = 0
+        for batch in features_module.iter_features(model, todo_paths, SMALL.image_size, SMALL.interpolation,
+                                                   SMALL.batch_size, todo_digests):
+            encoded.extend(todo_paths[done : done + len(batch)])
+            done += len(batch)
+            yield batch
             first_batch.set()
             time.sleep(0.3)  # the other run is started by now and must wait, not encode
 
-    monkeypatch.setattr(features_module, "iter_features", slow_encoder)
     key = settings(**BASE)
-    outs = [np.zeros((len(paths), 8), np.float32) for _ in range(2)]
+    outs = [np.zeros((len(paths), 512), np.float32) for _ in range(2)]
     counts = [None, None]
 
     def run(i):
-        counts[i] = fill_features(None, paths, digests, outs[i], FeatureCache(tmp_path / "cache", key), SMALL)
+        counts[i] = fill_features(model, paths, digests, outs[i], FeatureCache(tmp_path / "cache", key), SMALL,
+                                  encode=paced_encoder)
 
     first = threading.Thread(target=run, args=(0,))
     first.start()
@@ -267,13 +270,26 @@ def run_extract_in(project: Path) -> tuple[int, int]:
     return int(encoded), int(cached)
 
 
-def test_edited_feature_code_is_a_miss(prepared, capsys):
+DECODE_ON_RAY = '    """A Ray task on any node: bytes to resized float32 pixels, as the local engine decodes them."""\n'
+CONNECT_TO_RAY = "        if self.address:\n            check_reachable(self.address)\n"
+
+
+@pytest.mark.parametrize(("module", "edit", "miss"), [
+    # Changes no feature, but nobody bumped anything: only a digest of the code can notice the edit.
+    ("images.py", lambda text: text + "\n\ndef unused_helper():\n    return None\n", True),
+    # What a Ray cluster's nodes run to decode: it reaches the model as much as the local path does.
+    ("engine.py", lambda text: text.replace(DECODE_ON_RAY, DECODE_ON_RAY + "    # an edit\n"), True),
+    # How the engine reaches a cluster: no value goes through it, so the cache stays.
+    ("engine.py", lambda text: text.replace(CONNECT_TO_RAY, "        # an edit\n" + CONNECT_TO_RAY), False),
+], ids=["images", "engine-decode", "engine-connect"])
+def test_edited_feature_code_is_a_miss(prepared, capsys, module, edit, miss):
     assert run_extract(capsys) == (20, 0)
     assert run_extract_in(prepared) == (0, 20)  # the same code in another interpreter: the same key
-    images = prepared / "bottleneck_clf/images.py"
-    # Changes no feature, but nobody bumped anything: only a digest of the code can notice the edit.
-    images.write_text(images.read_text() + "\n\ndef unused_helper():\n    return None\n")
-    assert run_extract_in(prepared) == (20, 0)
+    source = prepared / "bottleneck_clf" / module
+    edited = edit(source.read_text())
+    assert edited != source.read_text()
+    source.write_text(edited)
+    assert run_extract_in(prepared) == ((20, 0) if miss else (0, 20))
 
 
 def test_frozen_maps_key_follows_their_code(tmp_path, tiny_weights):
@@ -439,3 +455,26 @@ def test_prune_removes_stale_temporary_files_only(tmp_path, capsys, monkeypatch)
     run_command(["cache", "prune", "--all"])
     assert "removed 1 entries and 0 unfinished writes" in capsys.readouterr().out
     assert live.exists(), "prune --all removed a live writer's file"
+
+
+def test_prune_never_touches_files_the_cache_did_not_write(tmp_path, capsys, monkeypatch):
+    """BOTTLENECK_FEATURE_CACHE pointed at a folder that holds a user's own arrays: `cache prune --all` removes
+    the cache's entries and leaves every other file and folder as it was."""
+    cache = FeatureCache(tmp_path, settings(**BASE))
+    cache.put("aa" * 32, np.ones(8, np.float32))
+    own = [tmp_path / "experiments/embeddings.npy", tmp_path / "experiments/ab/old.npy",
+           tmp_path / "ab/" / f"{'ab' * 32}.npy",  # named like an entry, but not in a cache folder
+           cache.directory / "notes/kept.npy", cache.directory / "aa" / "mine.npy",
+           tmp_path / "experiments/.draft.tmp"]
+    for path in own:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"a user's file")
+    long_ago = time.time() - 400 * 86400
+    for path in own:
+        os.utime(path, (long_ago, long_ago))
+    monkeypatch.setenv("BOTTLENECK_FEATURE_CACHE", str(tmp_path))
+    run_command(["cache", "prune", "--all"])
+    assert "removed 1 entries and 0 unfinished writes" in capsys.readouterr().out
+    assert not cache.path("aa" * 32).exists()
+    for path in own:
+        assert path.is_file(), f"prune removed {path}"

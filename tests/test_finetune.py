@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import keras
@@ -14,7 +15,7 @@ from bottleneck_clf.features import build_extractor, load_meta, load_split
 from bottleneck_clf.finetune import augmentation, build_top, map_shape, split_layer, trained_layers
 from bottleneck_clf.head import build_head, probabilities
 from bottleneck_clf.vgg_weights import read_weights
-from stages import evaluate, finetune, finetune_ensemble, prepare, train_head, weights
+from stages import evaluate, export, finetune, finetune_ensemble, prepare, train_head, weights
 from stages import extract_features as extract_stage
 
 
@@ -61,6 +62,76 @@ def test_averaging_without_a_fine_tuned_top_is_one_clear_message(project, ran):
     assert not (project / "data/models/finetuned").exists()
 
 
+def test_a_finetuned_model_out_of_date_with_its_top_or_head_is_refused(project):
+    """Stages run by hand out of order (dvc repro never does): evaluate and export refuse a finetuned model that
+    finetune_ensemble made from another top or head than the files now hold, with one message naming them and the
+    command, and write nothing; after finetune_ensemble they go on."""
+    from bottleneck_clf.errors import UserError
+
+    make_class_folders(project / "data/raw", per_class=8)
+    update_params(project, {"finetune": {"enabled": True, "ensemble": True, "batch_size": 2}})
+    run_until_head()
+    fine_tune()
+    evaluate.main()
+    scored = project / "metrics/eval/metrics.json"
+    before = scored.read_bytes()
+    command = r": a stage was run by hand out of order. Run `python -m stages.finetune_ensemble`"
+    top, head = "data/models/finetune_top/model.keras", "data/models/head_early_stopped.keras"  # the partner
+
+    def refused(stale: str) -> None:
+        for stage in (evaluate, export):
+            with pytest.raises(UserError, match=stale + command):
+                stage.main()
+        assert scored.read_bytes() == before and not (project / "data/models/classifier").exists()
+
+    steps = [  # (what is run by hand, what the refusal says)
+        (lambda: (update_params(project, {"finetune": {"learning_rate": 0.01}}), finetune.main()),
+         rf"data/models/finetuned was made from {top} as they were before \(changed or gone since\)"),
+        (lambda: (update_params(project, {"head": {"dropout": 0.25}}), train_head.main()),
+         rf"data/models/finetuned was made from {head} as they were before \(changed or gone since\)"),
+        (lambda: (update_params(project, {"finetune": {"enabled": False}}), finetune.main()),
+         rf"data/models/finetuned was made from {top} as they were before \(changed or gone since\)"),
+    ]
+    for run, stale in steps:
+        run()
+        refused(stale)
+        finetune_ensemble.main()
+        evaluate.main()
+        before = scored.read_bytes()
+    assert json.loads(before)["model"] == "head"
+    update_params(project, {"finetune": {"enabled": True}})
+    finetune.main()  # and finetune_ensemble skipped: evaluate would score the head, not the top
+    refused("data/models/finetune_top holds a fine-tuned top that data/models/finetuned does not have")
+
+
+def test_the_averaging_uses_the_stop_set_and_refit_its_top_was_trained_with(project):
+    """finetune_ensemble takes the stop set (base.seed, head.early_stopping_fraction) and finetune.refit from the
+    top's recipe.json, not from params.yaml, which a hand-run stage may have changed since; a top without that
+    record (an older version's) is one clear message."""
+    from bottleneck_clf.errors import UserError
+
+    make_class_folders(project / "data/raw", per_class=10)
+    update_params(project, {"prepare": {"test_fraction": 0.0},
+                            "finetune": {"enabled": True, "ensemble": True, "batch_size": 2}})
+    run_until_head()
+    fine_tune()
+    averaged = project / "metrics/finetune_ensemble/metrics.json"
+    first = json.loads(averaged.read_text())
+    stopped_on = json.loads((project / "metrics/finetune/metrics.json").read_text())["eval"]
+    assert first["ensemble_stop_set"]["finetuned"]["loss"] == pytest.approx(stopped_on["loss"], rel=1e-3)
+    update_params(project, {"base": {"seed": 7}, "head": {"early_stopping_fraction": 0.3},
+                            "finetune": {"refit": True}})
+    finetune_ensemble.main()
+    assert json.loads(averaged.read_text()) == first  # the same partner, stop set and figures
+
+    recipe = project / "data/models/finetune_top/recipe.json"
+    recipe.write_text(json.dumps({k: v for k, v in json.loads(recipe.read_text()).items() if k != "stop_set"}))
+    with pytest.raises(UserError, match=r"data/models/finetune_top/recipe.json: no record of the stop set the top "
+                                        r"was trained with .*`dvc repro --force finetune`"):
+        finetune_ensemble.main()
+    assert json.loads(averaged.read_text()) == first
+
+
 def test_disabled_by_default_writes_only_a_marker(project):
     make_class_folders(project / "data/raw", per_class=8)
     run_until_head()
@@ -83,9 +154,13 @@ def test_enabled_trains_the_top_blocks_and_evaluate_uses_them(project, blocks, c
     out = capsys.readouterr().out
     n = load_meta(project / "data/features")["counts"]
     assert f"train: {n['train']} images, {n['train']} through the frozen blocks, 0 from the cache" in out
-    folder = project / "data/models/finetuned"
-    for name in ("model.keras", "recipe.json"):  # finetune.ensemble off: finetune's top as it is
-        assert (folder / name).read_bytes() == (project / "data/models/finetune_top" / name).read_bytes()
+    folder, top_folder = project / "data/models/finetuned", project / "data/models/finetune_top"
+    # finetune.ensemble off: finetune's top as it is, its recipe with the digest of the file it copied
+    assert (folder / "model.keras").read_bytes() == (top_folder / "model.keras").read_bytes()
+    top_recipe = json.loads((top_folder / "recipe.json").read_text())
+    assert json.loads((folder / "recipe.json").read_text()) == {**top_recipe, "made_from": {
+        "data/models/finetune_top/model.keras": hashlib.sha256((top_folder / "model.keras").read_bytes()).hexdigest()}}
+    assert top_recipe["refit"] is False and top_recipe["stop_set"] == {"seed": 42, "fraction": 0.1}
     assert json.loads((project / "metrics/finetune_ensemble/metrics.json").read_text()) == {
         "enabled": True, "ensemble": False}
     recipe = json.loads((folder / "recipe.json").read_text())

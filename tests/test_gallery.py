@@ -49,3 +49,10 @@ def test_unreadable_image_gets_a_placeholder_not_a_crash(tmp_path):
     draw_gallery([Mistake(broken, "cats", "dogs", 0.99), Mistake(tmp_path / "gone.png", "dogs", "cats", 0.9)],
                  target, "title")
     assert target.exists() and not list(tmp_path.glob(".*tmp*"))
+    with Image.open(target) as sheet:
+        for column in range(2):  # each cell: a gray frame round a white square, where a thumbnail would be
+            x, y = 8 + column * (THUMB + 8), 28
+            assert sheet.getpixel((x, y + THUMB // 4)) == (128, 128, 128)  # the frame's left edge
+            assert sheet.getpixel((x + THUMB // 2, y + THUMB // 4)) == (255, 255, 255)
+            text = sheet.crop((x + 6, y + THUMB // 2, x + THUMB - 6, y + THUMB // 2 + 10))
+            assert (128, 128, 128) in {color for _, color in text.getcolors(4096)}  # "image not readable"

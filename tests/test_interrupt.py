@@ -41,7 +41,10 @@ def test_sigkill_mid_extraction_then_rerun(project, tmp_path, monkeypatch):
         partial = list((project / "data").glob(".features.tmp-*/train_features.npy"))
         time.sleep(0.05)
     assert partial, "extraction never started writing"
-    time.sleep(1.0)
+    # Killed as soon as a few images are in the cache: mid-run on a machine of any speed, not after a fixed time.
+    cache = tmp_path / "cache-of-the-killed-run"
+    while time.monotonic() < deadline and len(list(cache.rglob("*.npy"))) < 8:
+        time.sleep(0.02)
     assert process.poll() is None, "extraction finished before it could be killed; give it more work"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()

@@ -25,6 +25,8 @@ def test_project_params_are_valid():
     [
         ("head", "dropout", 1.5, "head.dropout: must be a number in [0.0, 1.0)"),
         ("head", "dropout", "high", "head.dropout: must be a number"),
+        ("head", "dropout", 10**400, "head.dropout: must be a number in [0.0, 1.0)"),  # past a float's range
+        ("head", "dropout", float("nan"), "head.dropout: must be a number in [0.0, 1.0), got nan"),
         ("extract", "image_size", 16, "extract.image_size: must be an integer in [32, 1024], got 16"),
         ("extract", "image_size", 224.0, "extract.image_size: must be an integer"),
         ("extract", "pooling", "mean", "extract.pooling: must be one of flatten, avg, max; got 'mean'"),
@@ -126,6 +128,24 @@ def test_missing_and_broken_files(tmp_path):
     broken.write_text("head: [unclosed\n")
     with pytest.raises(ValueError, match="broken.yaml: not valid YAML"):
         load_params(broken)
+
+
+@pytest.mark.parametrize(("write", "said"), [
+    # A key given twice: DVC's reader refuses it too; the last one silently winning would run another experiment.
+    (lambda path: path.write_text(ROOT.joinpath("params.yaml").read_text().replace("base:\n", "base:\n  seed: 7\n", 1)),
+     r"(?s)params.yaml: not valid YAML: while reading a mapping.*found the key 'seed' twice"),
+    # An editor's Windows code page, or PowerShell's `>` (UTF-16).
+    (lambda path: path.write_bytes(ROOT.joinpath("params.yaml").read_bytes() + "# caf\u00e9\n".encode("cp1252")),
+     r"params.yaml: not UTF-8 text \(byte \d+ is b'\\xe9'\); save it as UTF-8"),
+    (lambda path: path.write_bytes(ROOT.joinpath("params.yaml").read_text().encode("utf-16")),
+     r"params.yaml: not UTF-8 text .*; save it as UTF-8"),
+    (lambda path: path.mkdir(), r"params.yaml: cannot read it \(Is a directory\)"),
+], ids=["duplicate-key", "cp1252", "utf-16", "a-folder"])
+def test_a_params_file_of_the_wrong_form_is_one_message(tmp_path, write, said):
+    path = tmp_path / "params.yaml"
+    write(path)
+    with pytest.raises(ValueError, match=said):
+        load_params(path)
 
 
 def test_threshold_decides_between_two_classes_only():

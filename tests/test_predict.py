@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -92,6 +93,15 @@ def test_nothing_readable_exits_1(exported, images):
     assert run_command(["predict", str(exported), str(images / "broken.jpg")]) == 1
 
 
+def test_a_folder_with_nothing_to_classify_is_named(exported, tmp_path):
+    empty = tmp_path / "photos"
+    empty.mkdir()
+    (empty / ".DS_Store").write_bytes(b"\0")  # a system file: skipped
+    with pytest.raises(ValueError, match=rf"{empty}: no files to classify in there \(hidden and system files are "
+                                         r"skipped\); pass image files or folders that hold them"):
+        run_command(["predict", str(exported), str(empty)])
+
+
 def test_classes_file_must_match_the_model(exported, tmp_path):
     wrong = tmp_path / "classes.json"
     wrong.write_text(json.dumps({"classes": ["a", "b", "c"]}))
@@ -100,10 +110,60 @@ def test_classes_file_must_match_the_model(exported, tmp_path):
 
 
 def test_runs_as_a_module(exported, images):
-    result = subprocess.run([sys.executable, "-m", "bottleneck_clf", "predict", str(exported), str(images / "a.png")],
-                            cwd=ROOT, capture_output=True, text=True, check=False)
+    """The command in a fresh process, its stdout strict UTF-8 (as under an en_US.UTF-8 locale): a file name that is
+    not UTF-8 is printed as the bytes it is, not a UnicodeEncodeError after the whole run."""
+    odd = images / os.fsdecode(b"caf\xe9.png")
+    write_image(odd, (200, 60, 40), seed=3)
+    result = subprocess.run([sys.executable, "-m", "bottleneck_clf", "predict", str(exported), str(images / "a.png"),
+                             str(odd)], cwd=ROOT, capture_output=True, check=False,
+                            env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.startswith(str(images / "a.png") + ",")
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(os.fsencode(images / "a.png") + b",") and lines[1].startswith(os.fsencode(odd) + b",")
+
+
+def test_an_output_file_keeps_a_non_utf8_name_as_its_bytes(exported, images, tmp_path):
+    odd = images / os.fsdecode(b"caf\xe9.png")
+    write_image(odd, (200, 60, 40), seed=3)
+    output = tmp_path / "preds.csv"
+    assert run_command(["predict", str(exported), str(odd), "--output", str(output)]) == 0
+    assert output.read_bytes().splitlines()[1].startswith(os.fsencode(odd) + b",")
+
+
+@pytest.mark.parametrize(("where", "said"), [
+    ("a-folder", r"--output .*: is a folder; give the path of a CSV file to write"),
+    ("under-a-file", r"--output .*: cannot make its folder \(.+\); give a path in a folder you can write to"),
+    ("new-folder", None),  # made for it
+])
+def test_an_output_that_cannot_be_written_stops_before_any_work(exported, images, tmp_path, capsys, where, said):
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("mine")
+    output = {"a-folder": tmp_path / "a-folder", "under-a-file": tmp_path / "a-file/preds.csv",
+              "new-folder": tmp_path / "new/folder/preds.csv"}[where]
+    if said is None:
+        assert run_command(["predict", str(exported), str(images / "a.png"), "--output", str(output)]) == 0
+        assert str(images / "a.png") in read_rows(output)
+        return
+    with pytest.raises(ValueError, match=said):
+        run_command(["predict", str(exported), str(images / "a.png"), "--output", str(output)])
+    assert "predict: format" not in capsys.readouterr().err  # refused before the model was loaded
+    assert (tmp_path / "a-file").read_text() == "mine" and not any((tmp_path / "a-folder").iterdir())
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    ("{not json", r"classes.json: cannot read it as JSON \(.+\); pass the classes.json written beside"),
+    (json.dumps(["cats", "dogs"]), r"classes.json: no list of class names under \"classes\""),
+    (json.dumps({"labels": CLASSES}), r"classes.json: no list of class names under \"classes\""),
+    (json.dumps({"classes": CLASSES, "threshold": 0.5, "image_size": 64, "interpolation": "bilinear"}),
+     r"classes.json: image_size 64, but the model takes 32 px images; use the classes.json exported with this"),
+    (json.dumps({"classes": CLASSES, "threshold": 0.5, "image_size": 32, "interpolation": "sinc"}),
+     r"classes.json: unknown interpolation 'sinc' \(valid: .*bilinear.*\); use the classes.json exported"),
+], ids=["not-json", "a-list", "no-classes", "another-size", "unknown-interpolation"])
+def test_a_classes_file_of_the_wrong_form_is_one_message(exported, images, tmp_path, content, said):
+    info = tmp_path / "classes.json"
+    info.write_text(content)
+    with pytest.raises(ValueError, match=said):
+        run_command(["predict", str(exported), str(images / "a.png"), "--classes", str(info)])
 
 
 def test_threshold_from_classes_json_decides(exported, images, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from collections import Counter
 
@@ -180,6 +181,29 @@ def test_non_ascii_and_spaces_in_names(project):
     entries, report, _ = run_prepare(project)
     assert "chats noirs/été 1.png" in {e.path for e in entries}
     assert report["classes"] == ["chats noirs", "dogs"]
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_naming_it(project):
+    """A name the file system holds as bytes that are not UTF-8 (Latin-1 from an old camera or a zip made on
+    Windows): the manifest is UTF-8 text, so prepare stops, names the file with its bytes escaped, and writes
+    nothing."""
+    raw = make_class_folders(project / "data/raw", per_class=5)
+    write_image(raw / "cats" / os.fsdecode(b"caf\xe9.png"), (200, 60, 40), seed=500)
+    with pytest.raises(ValueError, match=r"'.*data/raw/cats/caf\\udce9\.png': its name is not UTF-8 text; rename "
+                                         r"the file or its folder"):
+        prepare.main()
+    assert not (project / "data/prepared").exists()
+
+
+def test_a_file_that_cannot_be_read_is_skipped_with_the_reason(project):
+    """A listed file whose bytes cannot be read (here a link to a kernel file that fails every read, a real
+    I/O error even for root) is reported like an undecodable one, not a traceback."""
+    raw = make_class_folders(project / "data/raw", per_class=10)
+    (raw / "cats/unreadable.png").symlink_to("/proc/self/mem")
+    entries, report, skipped = run_prepare(project)
+    assert [(row["path"], row["reason"]) for row in skipped] == [
+        ("cats/unreadable.png", "cannot read the file (Input/output error)")]
+    assert report["skipped"] == 1 and "cats/unreadable.png" not in {e.path for e in entries}
 
 
 @pytest.mark.parametrize(

