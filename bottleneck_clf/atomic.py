@@ -10,28 +10,32 @@ import contextlib
 import csv
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 
-def _read_umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it; put straight back, at import, before threads
-    os.umask(mask)
-    return mask
+def _create(parent: Path, prefix: str, suffix: str = "", folder: bool = False) -> tuple[Path, int | None]:
+    """A new file (and its open descriptor) or folder in `parent` with a random name, made with the permissions
+    the umask gives a plain open() or mkdir(): mkstemp and mkdtemp make 0600 and 0700, private to the user,
+    whatever the umask, and a model others on the machine should read would not be readable."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            if folder:
+                os.mkdir(path, 0o777)
+                return path, None
+            return path, os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free temporary name starting {prefix}")
 
 
-UMASK = _read_umask()
-
-
-def _mode_for(target: Path, default: int) -> int:
-    """The permissions an output gets: those of the file it replaces, else what open() and mkdir() would give
-    (mkstemp and mkdtemp make 0600 and 0700, private to the user, whatever the umask)."""
-    try:
-        return target.stat().st_mode & 0o7777
-    except OSError:
-        return default & ~UMASK
+def _keep_mode(new: Path, replaced: Path) -> None:
+    """A file or folder that replaces another keeps the permissions the user gave the old one."""
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(new, replaced.stat().st_mode & 0o7777)
 
 
 @contextlib.contextmanager
@@ -41,12 +45,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix="".join(target.suffixes), dir=target.parent)
+    tmp_path, fd = _create(target.parent, f".{target.name}.tmp-", "".join(target.suffixes))
     os.close(fd)
-    tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, _mode_for(target, 0o666))
+        _keep_mode(tmp_path, target)
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -63,10 +66,10 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     for pattern in (f".{target.name}.tmp-*", f".{target.name}.old-*"):
         for stale in target.parent.glob(pattern):
             shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp, _ = _create(target.parent, f".{target.name}.tmp-", folder=True)
     try:
         yield tmp
-        os.chmod(tmp, _mode_for(target, 0o777))
+        _keep_mode(tmp, target)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
@@ -84,9 +87,8 @@ def write_shared(target: Path, data: bytes) -> None:
     Not atomic_path: its sweep of stale temporary files would delete a concurrent writer's. The temporary name,
     `.<name>.<random>.tmp`, is what feature_cache.prune removes once old (a killed writer's).
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    tmp, fd = _create(target.parent, f".{target.name}.", ".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~UMASK)  # a cache other users may share reads as the umask allows
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         # Concurrent writers of one key write identical bytes; the rename makes each appear whole.

@@ -6,6 +6,7 @@ import csv
 import difflib
 import hashlib
 import math
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,8 +70,9 @@ def find_candidates(root: str | Path, layout: str) -> tuple[str, list[Candidate]
                 "move the file into a class folder or out of the raw data folder"
             )
         if not is_utf8(relative.as_posix()):
-            # The manifest, the labels and every report are UTF-8 text; repr() shows the odd bytes as escapes.
-            raise UserError(f"{str(root / relative)!r}: its name is not UTF-8 text; rename the file or its folder")
+            # The manifest, the labels and every report are UTF-8 text; the name shown as the bytes it is.
+            raise UserError(f"{os.fsencode(root / relative)!r}: its name is not UTF-8 text; rename the file or its "
+                            "folder")
         split = parts[0] if depth == 3 else None
         candidates.append(Candidate(relative.as_posix(), parts[-2], split))
     return layout, candidates

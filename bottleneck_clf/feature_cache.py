@@ -42,6 +42,7 @@ except ImportError:  # not POSIX: no lock; two processes may then encode the sam
 FINGERPRINT_FILE = "fingerprint.json"
 LOCK_FILE = ".lock"
 ENTRY_NAME = re.compile(r"[0-9a-f]{64}\.npy")  # an image's sha256: FeatureCache.path
+KEY_NAME = re.compile(r"[0-9a-f]{20}")  # fingerprint_key
 # A writer finishes an entry in milliseconds; a temporary file this old belongs to a killed process.
 STALE_TMP_SECONDS = 3600
 
@@ -185,7 +186,7 @@ def prune(root: str | Path, older_than_days: float | None = None) -> Pruned:
     if not root.is_dir():
         return Pruned(0, 0, 0)
     # Only what this cache writes: BOTTLENECK_FEATURE_CACHE may point at a folder that holds other files too.
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and (p / FINGERPRINT_FILE).is_file()):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and is_cache_folder(p)):
         try:
             for path in folder.glob("??/*.npy"):
                 if ENTRY_NAME.fullmatch(path.name) and path.name.startswith(path.parent.name):
@@ -198,6 +199,12 @@ def prune(root: str | Path, older_than_days: float | None = None) -> Pruned:
         except FileNotFoundError:
             continue  # a concurrent prune removed the folder under us
     return Pruned(entries, leftovers, freed)
+
+
+def is_cache_folder(folder: Path) -> bool:
+    """A fingerprint's folder: named by fingerprint_key, or described by its fingerprint.json (a folder whose
+    description a killed writer never finished still has the name)."""
+    return bool(KEY_NAME.fullmatch(folder.name)) or (folder / FINGERPRINT_FILE).is_file()
 
 
 def _remove_if_older(path: Path, cutoff: float | None) -> int | None:

@@ -45,8 +45,8 @@ def feature_code() -> tuple:
     """
     from bottleneck_clf import engine
 
-    return images, sys.modules[__name__], vgg_weights, FeatureCache, engine.RayEngine.run, engine.decode_files, \
-        engine.VggActor
+    return (images, sys.modules[__name__], vgg_weights, FeatureCache, engine.RayEngine.encoder, engine.RayEngine.run,
+            engine.read_files, engine.decode_files, engine.VggActor)
 
 
 def feature_shape(image_size: int, pooling: str, flip_tta: str = "none") -> tuple[int, ...]:

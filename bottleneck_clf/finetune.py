@@ -268,26 +268,31 @@ def made_from(files: list[Path]) -> dict[str, str]:
     tells from it whether they have changed since."""
     from bottleneck_clf.dataset import sha256_bytes
 
-    return {str(file): sha256_bytes(Path(file).read_bytes()) for file in files}
+    return {Path(file).as_posix(): sha256_bytes(Path(file).read_bytes()) for file in files}
 
 
 def check_current(finetuned: Path, finetune_top: Path) -> None:
-    """Refuse a finetuned model (finetune_ensemble's) that is not made from the fine-tuned top and head as they
-    are now, before evaluate scores it or export ships it: that happens only when finetune or train_head was run
-    by hand after finetune_ensemble, or finetune_ensemble was skipped (`dvc repro` runs them in order)."""
+    """Refuse a finetuned model (finetune_ensemble's) that is not made from the files as they are now (the
+    fine-tuned top, the head and weights it started from, the head it averages with), before evaluate scores it
+    or export ships it: that happens only when a stage was run by hand out of order (`dvc repro` never does)."""
     if (finetuned / TOP_FILE).exists():
-        recorded = read_recipe(finetuned).get("made_from", {})
-        changed = [path for path, digest in recorded.items()
-                   if not Path(path).is_file() or made_from([Path(path)])[path] != digest]
-        if not changed:
-            return
-        stale = f"{finetuned} was made from {' and '.join(changed)} as they were before (changed or gone since)"
+        recorded = read_recipe(finetuned).get("made_from")
+        if recorded is None:
+            stale = f"{finetuned} was made by an older version, which did not record what it was made from"
+        else:
+            changed = [path for path, digest in recorded.items()
+                       if not Path(path).is_file() or made_from([Path(path)])[path] != digest]
+            if not changed:
+                return
+            stale = f"{finetuned} was made from {' and '.join(changed)} as they were before (changed or gone since)"
     elif (finetune_top / TOP_FILE).exists():
         stale = f"{finetune_top} holds a fine-tuned top that {finetuned} does not have"
     else:
         return
-    raise UserError(f"{stale}: a stage was run by hand out of order. Run `python -m stages.finetune_ensemble` "
-                    "(or `dvc repro`, which runs the stages in order), then this one again")
+    # Not only finetune_ensemble: with finetune.enabled changed since finetune ran, finetune must run first.
+    raise UserError(f"{stale}: a stage was run by hand out of order. Run `dvc repro`, which runs the stages in "
+                    "order (by hand: `python -m stages.finetune` if its inputs changed since it ran, then "
+                    "`python -m stages.finetune_ensemble`), then this one again")
 
 
 class FrozenMaps:

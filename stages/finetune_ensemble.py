@@ -78,14 +78,15 @@ def main() -> None:
         raise UserError(f"{source}: no fine-tuned top (finetune {state}); run `dvc repro finetune_ensemble`, which "
                         "runs finetune first")
     recipe = read_recipe(source)
-    if "stop_set" not in recipe:
+    if "stop_set" not in recipe or "made_from" not in recipe:
         raise UserError(f"{source / RECIPE_FILE}: no record of the stop set the top was trained with (an older "
                         "version made it); fine-tune it again with `dvc repro --force finetune`, then `dvc repro`")
     summary = {"enabled": True, "ensemble": settings.ensemble}
     if not settings.ensemble:  # the top as finetune saved it, byte for byte
         with atomic_dir(target) as tmp:
             shutil.copyfile(source / TOP_FILE, tmp / TOP_FILE)
-            write_json(tmp / RECIPE_FILE, {**recipe, "made_from": made_from([source / TOP_FILE])})
+            write_json(tmp / RECIPE_FILE, {**recipe, "made_from": {**recipe["made_from"],
+                                                                   **made_from([source / TOP_FILE])}})
         write_json(paths["ensemble_metrics"] / "metrics.json", summary)
         print(f"finetune_ensemble: the fine-tuned top as it is (finetune.ensemble: false) -> {target}")
         return
@@ -107,7 +108,8 @@ def main() -> None:
         said += f": {stop_name} log loss {mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}"
     with atomic_dir(target) as tmp:
         save_model(top, tmp / TOP_FILE)
-        write_json(tmp / RECIPE_FILE, {**recipe, "made_from": made_from([source / TOP_FILE, paths[partner]])})
+        write_json(tmp / RECIPE_FILE, {**recipe, "made_from": {**recipe["made_from"],
+                                                               **made_from([source / TOP_FILE, paths[partner]])}})
     write_json(paths["ensemble_metrics"] / "metrics.json", summary)
     print(f"finetune_ensemble: saved {said} -> {target}")
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from bottleneck_clf.atomic import atomic_dir
 
 
@@ -29,29 +33,30 @@ def test_other_outputs_leftovers_are_not_touched(tmp_path):
     assert other.is_dir()
 
 
+
 def mode(path) -> int:
     return path.stat().st_mode & 0o7777
 
 
-def test_outputs_get_the_permissions_open_and_mkdir_would_give(tmp_path):
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_outputs_get_the_permissions_the_umask_gives(tmp_path, umask):
     """Not mkstemp's private 0600 / mkdtemp's 0700: a model others on the machine (or a web server) should read
     is as readable as any file the user makes; a file that is replaced keeps its own permissions."""
-    import os
-
     from bottleneck_clf.atomic import atomic_path, write_shared
 
-    (tmp_path / "by-open").write_text("x")
-    (tmp_path / "by-mkdir").mkdir()
-    with atomic_path(tmp_path / "model.keras") as tmp:
-        tmp.write_text("model")
-    with atomic_dir(tmp_path / "classifier") as tmp:
-        (tmp / "classes.json").write_text("{}")
-    write_shared(tmp_path / "entry.npy", b"features")
-    assert mode(tmp_path / "model.keras") == mode(tmp_path / "entry.npy") == mode(tmp_path / "by-open")
-    assert mode(tmp_path / "classifier") == mode(tmp_path / "by-mkdir")
-    assert mode(tmp_path / "by-open") & 0o044  # the test's own premise: a umask that lets others read
+    before = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "model.keras") as tmp:
+            tmp.write_text("model")
+        with atomic_dir(tmp_path / "classifier") as tmp:
+            (tmp / "classes.json").write_text("{}")
+        write_shared(tmp_path / "entry.npy", b"features")
+    finally:
+        os.umask(before)
+    assert mode(tmp_path / "model.keras") == mode(tmp_path / "entry.npy") == 0o666 & ~umask
+    assert mode(tmp_path / "classifier") == 0o777 & ~umask
 
     os.chmod(tmp_path / "model.keras", 0o640)
     with atomic_path(tmp_path / "model.keras") as tmp:
         tmp.write_text("a newer model")
-    assert mode(tmp_path / "model.keras") == 0o640
+    assert mode(tmp_path / "model.keras") == 0o640 and (tmp_path / "model.keras").read_text() == "a newer model"

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -151,6 +150,7 @@ from bottleneck_clf.features import build_extractor, fill_features, fingerprint
 extract = ExtractConfig(image_size=32, interpolation="bilinear", pooling="avg", batch_size=4, precision="float32")
 weights, cache_root, out_file, *paths = sys.argv[1:]
 import hashlib
+import json
 digests = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
 cache = FeatureCache(cache_root, fingerprint("w", extract))
 model = build_extractor(weights, 32, "avg")
@@ -423,16 +423,18 @@ def test_prune_spares_a_folder_being_written_into(tmp_path, monkeypatch):
 
 
 def test_writer_recreates_folders_pruned_under_it(tmp_path, monkeypatch):
+    from bottleneck_clf import atomic
+
     cache = FeatureCache(tmp_path, settings(**BASE))
-    real_mkstemp = tempfile.mkstemp
+    real_create = atomic._create
     pruned = []
 
     def prune_first(*args, **kwargs):  # prune runs between the writer's mkdir and its temporary file
         if not pruned:
             pruned.append(prune(tmp_path))
-        return real_mkstemp(*args, **kwargs)
+        return real_create(*args, **kwargs)
 
-    monkeypatch.setattr(tempfile, "mkstemp", prune_first)
+    monkeypatch.setattr(atomic, "_create", prune_first)
     cache.put("aa" * 32, np.ones(8, np.float32))
     assert pruned and cache.writable
     np.testing.assert_array_equal(cache.get("aa" * 32, (8,)), np.ones(8, np.float32))
@@ -478,3 +480,14 @@ def test_prune_never_touches_files_the_cache_did_not_write(tmp_path, capsys, mon
     assert not cache.path("aa" * 32).exists()
     for path in own:
         assert path.is_file(), f"prune removed {path}"
+
+
+def test_prune_clears_a_cache_folder_whose_description_a_killed_writer_never_finished(tmp_path):
+    cache = FeatureCache(tmp_path, settings(**BASE))
+    cache.put("aa" * 32, np.ones(8, np.float32))
+    (cache.directory / "fingerprint.json").rename(cache.directory / f".fingerprint.json.{'k' * 8}.tmp")
+    long_ago = time.time() - 2 * 3600
+    os.utime(cache.directory / f".fingerprint.json.{'k' * 8}.tmp", (long_ago, long_ago))
+    entries, leftovers, _ = prune(tmp_path)
+    assert (entries, leftovers) == (1, 1)
+    assert not cache.directory.exists()

@@ -63,9 +63,9 @@ def test_averaging_without_a_fine_tuned_top_is_one_clear_message(project, ran):
 
 
 def test_a_finetuned_model_out_of_date_with_its_top_or_head_is_refused(project):
-    """Stages run by hand out of order (dvc repro never does): evaluate and export refuse a finetuned model that
-    finetune_ensemble made from another top or head than the files now hold, with one message naming them and the
-    command, and write nothing; after finetune_ensemble they go on."""
+    """Stages run by hand out of order (dvc repro never does): evaluate and export refuse a finetuned model made
+    from another top, head or weights than the files now hold, with one message naming them and the commands, and
+    write nothing; after the stages that message names they go on."""
     from bottleneck_clf.errors import UserError
 
     make_class_folders(project / "data/raw", per_class=8)
@@ -75,33 +75,40 @@ def test_a_finetuned_model_out_of_date_with_its_top_or_head_is_refused(project):
     evaluate.main()
     scored = project / "metrics/eval/metrics.json"
     before = scored.read_bytes()
-    command = r": a stage was run by hand out of order. Run `python -m stages.finetune_ensemble`"
-    top, head = "data/models/finetune_top/model.keras", "data/models/head_early_stopped.keras"  # the partner
+    command = r": a stage was run by hand out of order. Run `dvc repro`, which runs the stages in order"
+    top, head = "data/models/finetune_top/model.keras", "data/models/head_early_stopped.keras"
+    stale = r"data/models/finetuned was made from {} as they were before \(changed or gone since\)"
 
-    def refused(stale: str) -> None:
+    def refused(said: str) -> None:
         for stage in (evaluate, export):
-            with pytest.raises(UserError, match=stale + command):
+            with pytest.raises(UserError, match=said + command):
                 stage.main()
         assert scored.read_bytes() == before and not (project / "data/models/classifier").exists()
 
-    steps = [  # (what is run by hand, what the refusal says)
+    steps = [  # (what is run by hand, what the refusal says, what mends it)
         (lambda: (update_params(project, {"finetune": {"learning_rate": 0.01}}), finetune.main()),
-         rf"data/models/finetuned was made from {top} as they were before \(changed or gone since\)"),
+         stale.format(top), [finetune_ensemble]),
+        # The head the top started from and averages with: fine-tuning must run again, not only the averaging.
         (lambda: (update_params(project, {"head": {"dropout": 0.25}}), train_head.main()),
-         rf"data/models/finetuned was made from {head} as they were before \(changed or gone since\)"),
+         stale.format(head), [finetune, finetune_ensemble]),
         (lambda: (update_params(project, {"finetune": {"enabled": False}}), finetune.main()),
-         rf"data/models/finetuned was made from {top} as they were before \(changed or gone since\)"),
+         stale.format(top), [finetune_ensemble]),  # the top is a marker now
+        (lambda: (update_params(project, {"finetune": {"enabled": True}}), finetune.main()),  # averaging skipped
+         "data/models/finetune_top holds a fine-tuned top that data/models/finetuned does not have",
+         [finetune_ensemble]),
     ]
-    for run, stale in steps:
+    for run, said, mend in steps:
         run()
-        refused(stale)
-        finetune_ensemble.main()
+        refused(said)
+        for stage in mend:
+            stage.main()
         evaluate.main()
         before = scored.read_bytes()
-    assert json.loads(before)["model"] == "head"
-    update_params(project, {"finetune": {"enabled": True}})
-    finetune.main()  # and finetune_ensemble skipped: evaluate would score the head, not the top
-    refused("data/models/finetune_top holds a fine-tuned top that data/models/finetuned does not have")
+    assert json.loads(before)["model"] == "ensemble"
+
+    recipe = project / "data/models/finetuned/recipe.json"  # as an older version wrote it
+    recipe.write_text(json.dumps({k: v for k, v in json.loads(recipe.read_text()).items() if k != "made_from"}))
+    refused("data/models/finetuned was made by an older version, which did not record what it was made from")
 
 
 def test_the_averaging_uses_the_stop_set_and_refit_its_top_was_trained_with(project):
@@ -158,8 +165,14 @@ def test_enabled_trains_the_top_blocks_and_evaluate_uses_them(project, blocks, c
     # finetune.ensemble off: finetune's top as it is, its recipe with the digest of the file it copied
     assert (folder / "model.keras").read_bytes() == (top_folder / "model.keras").read_bytes()
     top_recipe = json.loads((top_folder / "recipe.json").read_text())
-    assert json.loads((folder / "recipe.json").read_text()) == {**top_recipe, "made_from": {
-        "data/models/finetune_top/model.keras": hashlib.sha256((top_folder / "model.keras").read_bytes()).hexdigest()}}
+    def sha256(path: str) -> str:
+        return hashlib.sha256((project / path).read_bytes()).hexdigest()
+
+    started_from = ("data/models/head_early_stopped.keras", "data/weights/vgg16_notop.weights.h5")
+    assert top_recipe["made_from"] == {path: sha256(path) for path in started_from}
+    copied = "data/models/finetune_top/model.keras"
+    assert json.loads((folder / "recipe.json").read_text()) == {
+        **top_recipe, "made_from": {**top_recipe["made_from"], copied: sha256(copied)}}
     assert top_recipe["refit"] is False and top_recipe["stop_set"] == {"seed": 42, "fraction": 0.1}
     assert json.loads((project / "metrics/finetune_ensemble/metrics.json").read_text()) == {
         "enabled": True, "ensemble": False}

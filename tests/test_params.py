@@ -148,6 +148,17 @@ def test_a_params_file_of_the_wrong_form_is_one_message(tmp_path, write, said):
         load_params(path)
 
 
+def test_yaml_merge_keys_may_be_overridden_but_not_given_twice():
+    """`<<: *anchor` brings defaults that a key written beside it overrides (YAML's rule, not a duplicate)."""
+    from bottleneck_clf.params import ParamsLoader
+
+    shared = "first: &shared\n  units: 64\n  dropout: 0.2\nsecond:\n  <<: *shared\n  dropout: 0.3\n"
+    assert yaml.load(shared, Loader=ParamsLoader) == {"first": {"units": 64, "dropout": 0.2},
+                                                      "second": {"units": 64, "dropout": 0.3}}
+    with pytest.raises(yaml.YAMLError, match="found the key 'dropout' twice"):
+        yaml.load(shared + "  dropout: 0.4\n", Loader=ParamsLoader)
+
+
 def test_threshold_decides_between_two_classes_only():
     assert check_threshold(0.7, 2) == 0.7
     assert check_threshold(0.5, 3) == 0.5

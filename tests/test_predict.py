@@ -132,7 +132,7 @@ def test_an_output_file_keeps_a_non_utf8_name_as_its_bytes(exported, images, tmp
 
 @pytest.mark.parametrize(("where", "said"), [
     ("a-folder", r"--output .*: is a folder; give the path of a CSV file to write"),
-    ("under-a-file", r"--output .*: cannot make its folder \(.+\); give a path in a folder you can write to"),
+    ("under-a-file", r"--output .*: .*a-file is a file, not a folder; give a path in a folder you can write to"),
     ("new-folder", None),  # made for it
 ])
 def test_an_output_that_cannot_be_written_stops_before_any_work(exported, images, tmp_path, capsys, where, said):
@@ -148,6 +148,15 @@ def test_an_output_that_cannot_be_written_stops_before_any_work(exported, images
         run_command(["predict", str(exported), str(images / "a.png"), "--output", str(output)])
     assert "predict: format" not in capsys.readouterr().err  # refused before the model was loaded
     assert (tmp_path / "a-file").read_text() == "mine" and not any((tmp_path / "a-folder").iterdir())
+
+
+def test_a_run_that_stops_makes_no_output_folder(exported, images, tmp_path):
+    wrong = tmp_path / "classes.json"
+    wrong.write_text(json.dumps({"classes": ["a", "b", "c"]}))
+    with pytest.raises(ValueError, match="lists 3 classes"):
+        run_command(["predict", str(exported), str(images / "a.png"), "--classes", str(wrong),
+                     "--output", str(tmp_path / "new/folder/preds.csv")])
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize(("content", "said"), [

