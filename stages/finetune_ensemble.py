@@ -3,7 +3,8 @@
 finetune's top as it is, or with finetune.ensemble one model that runs it and the untouched top (the ImageNet
 blocks and a head of train_head's) side by side on the same frozen-block maps and averages their probabilities.
 The head is the saved one (every head.ensemble member) unless it has trained on the stop set and the fine-tuned
-top has not (head.refit without finetune.refit): then the early-stopped head (finetune.ensemble_partner).
+top has not (head.refit without finetune.refit, each as recorded by the stage that ran with it: train_head's
+metrics.json, the top's recipe.json): then the early-stopped head (finetune.ensemble_partner).
 
 A stage of its own, after finetune, so that a change of the saved head (head.ensemble, head.refit) reruns this
 averaging, seconds, and not fine-tuning's training. Disabled fine-tuning: a marker, and evaluate and export use
@@ -12,6 +13,7 @@ the head alone.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -43,6 +45,17 @@ def stop_set_scores_of(model, recipe: dict, weights, paths: dict, batch_size: in
         scores = stop_set_scores(model, stop, batch_size)
         del stop
     return scores, name
+
+
+def saved_head_refit(paths: dict) -> bool:
+    """Whether the saved head trained on the stop set: head.refit as train_head ran with it, from its own record
+    (params.yaml may have changed since, by hand)."""
+    path = paths["train_metrics"] / "metrics.json"
+    try:
+        return bool(json.loads(path.read_text(encoding="utf-8"))["refit"])
+    except (OSError, ValueError, KeyError):
+        raise UserError(f"{path}: no record of whether the saved head was refit (train_head has not finished); "
+                        "run `dvc repro train_head`") from None
 
 
 def main() -> None:
@@ -91,7 +104,7 @@ def main() -> None:
         print(f"finetune_ensemble: the fine-tuned top as it is (finetune.ensemble: false) -> {target}")
         return
     top = keras.saving.load_model(source / TOP_FILE, compile=False)
-    partner = ensemble_partner(config.head.refit, recipe["refit"])
+    partner = ensemble_partner(saved_head_refit(paths), recipe["refit"])
     head = keras.saving.load_model(paths[partner], compile=False)
     weights = read_weights(paths["weights"])
     frozen = build_top(tuple(recipe["input_shape"]), recipe["blocks"], recipe["pooling"], weights, head,

@@ -113,8 +113,8 @@ def test_a_finetuned_model_out_of_date_with_its_top_or_head_is_refused(project):
 
 def test_the_averaging_uses_the_stop_set_and_refit_its_top_was_trained_with(project):
     """finetune_ensemble takes the stop set (base.seed, head.early_stopping_fraction) and finetune.refit from the
-    top's recipe.json, not from params.yaml, which a hand-run stage may have changed since; a top without that
-    record (an older version's) is one clear message."""
+    top's recipe.json and head.refit from train_head's metrics.json, not from params.yaml, which may have changed
+    since (by hand); a top or a head without that record is one clear message."""
     from bottleneck_clf.errors import UserError
 
     make_class_folders(project / "data/raw", per_class=10)
@@ -126,10 +126,17 @@ def test_the_averaging_uses_the_stop_set_and_refit_its_top_was_trained_with(proj
     first = json.loads(averaged.read_text())
     stopped_on = json.loads((project / "metrics/finetune/metrics.json").read_text())["eval"]
     assert first["ensemble_stop_set"]["finetuned"]["loss"] == pytest.approx(stopped_on["loss"], rel=1e-3)
-    update_params(project, {"base": {"seed": 7}, "head": {"early_stopping_fraction": 0.3},
+    assert first["ensemble_with"] == "early_stopped_head"  # head.refit (the default) without finetune.refit
+    update_params(project, {"base": {"seed": 7}, "head": {"early_stopping_fraction": 0.3, "refit": False},
                             "finetune": {"refit": True}})
     finetune_ensemble.main()
     assert json.loads(averaged.read_text()) == first  # the same partner, stop set and figures
+
+    trained = project / "metrics/train/metrics.json"  # as an interrupted train_head leaves dvclive's
+    trained.write_text(json.dumps({k: v for k, v in json.loads(trained.read_text()).items() if k != "refit"}))
+    with pytest.raises(UserError, match=r"metrics/train/metrics.json: no record of whether the saved head was "
+                                        r"refit \(train_head has not finished\); run `dvc repro train_head`"):
+        finetune_ensemble.main()
 
     recipe = project / "data/models/finetune_top/recipe.json"
     recipe.write_text(json.dumps({k: v for k, v in json.loads(recipe.read_text()).items() if k != "stop_set"}))

@@ -17,12 +17,22 @@ ZEN3 = {**ZEN4, "cpu": {**ZEN4["cpu"], "model": "1", "flags": ["avx2", "fma"]}}
 
 
 def test_signature_of_this_machine(monkeypatch):
+    """Against what the system's own tools say (lscpu, nproc, pip's metadata), not against machine.py again."""
+    import subprocess
+    from importlib import metadata
+
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     sig = machine.signature()
     assert set(sig) == {"cpu", "env", "versions"}
-    assert sig["cpu"]["cores"] >= 1 and set(sig["cpu"]["flags"]) <= set(machine.KERNEL_FLAGS)
+    listed = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True,
+                                                                 check=True).stdout.splitlines() if ":" in line)
+    listed = {key.strip(): value.strip() for key, value in listed.items()}
+    assert (sig["cpu"]["vendor"], sig["cpu"]["model_name"], sig["cpu"]["family"], sig["cpu"]["model"]) == (
+        listed["Vendor ID"], listed["Model name"], listed["CPU family"], listed["Model"])
+    assert sig["cpu"]["flags"] == [flag for flag in machine.KERNEL_FLAGS if flag in listed["Flags"].split()]
+    assert sig["cpu"]["cores"] == int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
     assert sig["env"]["TF_ENABLE_ONEDNN_OPTS"] == "0"
-    assert sig["versions"]["tensorflow"] and sig["versions"]["keras"] and sig["versions"]["numpy"]
+    assert sig["versions"] == {name: metadata.version(name) for name in ("tensorflow", "keras", "numpy")}
     assert machine.differences(sig, machine.signature()) == []
 
 
@@ -51,7 +61,9 @@ def test_record_writes_the_signature(tmp_path):
     path = machine.record(tmp_path / "metrics/machine", "train_head")
     data = json.loads(path.read_text())
     assert path.name == "train_head.json" and data["stage"] == "train_head"
-    assert data["cpu"] == machine.signature()["cpu"]
+    assert data["cpu"] == machine.signature()["cpu"]  # checked against lscpu above
+    assert {key: data[key] for key in ("env", "versions")} == {key: machine.signature()[key]
+                                                              for key in ("env", "versions")}
 
 
 @pytest.mark.parametrize(
