@@ -38,6 +38,12 @@ def _keep_mode(new: Path, replaced: Path) -> None:
         os.chmod(new, replaced.stat().st_mode & 0o7777)
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` or the nearest of its parents that exists: where a folder for an output would be made (a file
+    there means it cannot be)."""
+    return next(parent for parent in (path, *path.absolute().parents) if parent.exists())
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary file path beside `target` (same suffix); it replaces `target` on success."""

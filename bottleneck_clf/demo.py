@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bottleneck_clf.atomic import atomic_path, write_json
+from bottleneck_clf.atomic import atomic_path, nearest_existing, write_json
 from bottleneck_clf.errors import UserError
 from bottleneck_clf.images import list_files
 
@@ -111,9 +111,9 @@ def write_demo_set(raw: Path | None = None, per_class: int = 40, size: int = 64)
 
         raw = project_paths()["raw"]
     raw = Path(raw)
-    blocked = next((folder for folder in (raw, *raw.parents) if folder.exists() and not folder.is_dir()), None)
-    if blocked is not None:
-        raise UserError(f"{raw}: {blocked} is a file, not a folder; pass --out a folder to write the demo into")
+    existing = nearest_existing(raw)
+    if not existing.is_dir():
+        raise UserError(f"{raw}: {existing} is a file, not a folder; pass --out a folder to write the demo into")
     if raw.exists() and list_files(raw) and not (raw / MARKER).exists():
         raise UserError(
             f"{raw} already holds {len(list_files(raw))} files that are not the demo; the demo never "

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
-from bottleneck_clf.atomic import atomic_path
+from bottleneck_clf.atomic import atomic_path, nearest_existing
 from bottleneck_clf.errors import UserError
 from bottleneck_clf.export import CLASSES_FILE
 from bottleneck_clf.images import BadImage, decode_rgb, list_files
@@ -67,8 +67,7 @@ def check_output(output: Path) -> None:
     made yet (atomic_path makes the missing folders when the file is written)."""
     if output.is_dir():
         raise UserError(f"--output {output}: is a folder; give the path of a CSV file to write")
-    folder = next(parent for parent in (output.parent.absolute(), *output.parent.absolute().parents)
-                  if parent.exists())
+    folder = nearest_existing(output.parent)
     if not folder.is_dir():
         raise UserError(f"--output {output}: {folder} is a file, not a folder; give a path in a folder you can "
                         "write to")
@@ -76,15 +75,15 @@ def check_output(output: Path) -> None:
         raise UserError(f"--output {output}: not writable; give a path in a folder you can write to")
 
 
-def read_classes(model_path: Path, classes_path: Path | None, n_outputs: int) -> tuple[list[str], float]:
-    """(class names, decision threshold) from the classes.json exported with the model."""
-    path = classes_path or model_path.parent / CLASSES_FILE
-    if not path.exists():
-        if classes_path is not None:
+def read_classes(model_path: Path, path: Path, info: dict | None, given: bool, n_outputs: int
+                 ) -> tuple[list[str], float]:
+    """(class names, decision threshold) from `info`, the classes.json at `path` exported with the model (None:
+    there is none; `given`: the user named it with --classes)."""
+    if info is None:
+        if given:
             raise UserError(f"{path}: not found; pass the classes.json written beside the exported model")
         print(f"predict: {path} not found; naming classes by index, threshold {DEFAULT_THRESHOLD}", file=sys.stderr)
         return [str(i) for i in range(n_outputs)], DEFAULT_THRESHOLD
-    info = read_info(path)
     classes = info["classes"]
     if len(classes) != n_outputs:
         raise UserError(f"{path}: lists {len(classes)} classes but {model_path} outputs {n_outputs}; "
@@ -108,21 +107,19 @@ def read_threshold(path: Path, info: dict, n_classes: int) -> float:
         raise UserError(f"{path}: {exc}, then rerun `dvc repro export`") from None
 
 
-def resize_settings(runner, info_path: Path) -> tuple[int, str]:
+def resize_settings(runner, info_path: Path, info: dict | None) -> tuple[int, str]:
     """(image size, params.yaml interpolation name) the images are resized with before the runtime sees them."""
     from bottleneck_clf.images import RESIZE_METHODS
 
-    if info_path.exists():
-        info = read_info(info_path)
-        if "image_size" in info and "interpolation" in info:
-            size, interpolation = info["image_size"], info["interpolation"]
-            if size != runner.image_size:
-                raise UserError(f"{info_path}: image_size {size}, but the model takes {runner.image_size} px "
-                                "images; use the classes.json exported with this model")
-            if interpolation not in RESIZE_METHODS:
-                raise UserError(f"{info_path}: unknown interpolation {interpolation!r} (valid: "
-                                f"{', '.join(RESIZE_METHODS)}); use the classes.json exported with this model")
-            return size, interpolation
+    if info is not None and "image_size" in info and "interpolation" in info:
+        size, interpolation = info["image_size"], info["interpolation"]
+        if size != runner.image_size:
+            raise UserError(f"{info_path}: image_size {size}, but the model takes {runner.image_size} px "
+                            "images; use the classes.json exported with this model")
+        if interpolation not in RESIZE_METHODS:
+            raise UserError(f"{info_path}: unknown interpolation {interpolation!r} (valid: "
+                            f"{', '.join(RESIZE_METHODS)}); use the classes.json exported with this model")
+        return size, interpolation
     if runner.format == "keras":  # the model's own Resizing layer says it
         names = {method: name for name, method in RESIZE_METHODS.items()}
         return runner.image_size, names[runner.interpolation]
@@ -211,8 +208,10 @@ def predict(model_path: Path, targets: list[str], output: Path | None = None,
         raise UserError(f"{', '.join(targets)}: no files to classify in there (hidden and system files are "
                         "skipped); pass image files or folders that hold them")
     runner = load_runner(model_path)  # UserError for a missing, unknown or damaged file
-    classes, threshold = read_classes(model_path, classes_path, runner.n_outputs)
-    image_size, interpolation = resize_settings(runner, classes_path or model_path.parent / CLASSES_FILE)
+    info_path = classes_path or model_path.parent / CLASSES_FILE
+    info = read_info(info_path) if info_path.exists() else None  # read once, for the classes and the resizing
+    classes, threshold = read_classes(model_path, info_path, info, classes_path is not None, runner.n_outputs)
+    image_size, interpolation = resize_settings(runner, info_path, info)
     print(f"predict: format {runner.format} ({model_path}), batches of {batch_size}", file=sys.stderr)
     with bytes_for_odd_names(sys.stdout):
         rows = classified(runner, files, failures, classes, threshold, image_size, interpolation, batch_size,

@@ -145,9 +145,9 @@ def main() -> None:
         data.clear()
     with atomic_dir(paths["finetune_top"]) as tmp:
         save_model(top, tmp / TOP_FILE)
-        # How it was trained too: finetune_ensemble scores the average on this top's stop set, and picks its
-        # partner head by whether the top trained on that set (refit).
-        # And what it started from, which evaluate and export check (finetune.check_current).
+        # How it was trained too: finetune_ensemble scores the average on this top's stop set and picks its
+        # partner head by whether the top trained on that set (refit); evaluate and export check what it started
+        # from (made_from, finetune.check_current).
         write_json(tmp / RECIPE_FILE, {**recipe(config.extract, settings.blocks), "input_shape": list(frozen_shape),
                                        "classes": classes, "refit": settings.refit,
                                        "stop_set": {"seed": seed, "fraction": config.head.early_stopping_fraction},

@@ -47,6 +47,14 @@ def stop_set_scores_of(model, recipe: dict, weights, paths: dict, batch_size: in
     return scores, name
 
 
+def recipe_made_from(recipe: dict, files: list[Path]) -> dict:
+    """The top's recipe for the model made from it and `files`: what the top started from (its made_from) and
+    those files' digests, which evaluate and export check (finetune.check_current)."""
+    from bottleneck_clf.finetune import made_from
+
+    return {**recipe, "made_from": {**recipe["made_from"], **made_from(files)}}
+
+
 def saved_head_refit(paths: dict) -> bool:
     """Whether the saved head trained on the stop set: head.refit as train_head ran with it, from its own record
     (params.yaml may have changed since, by hand)."""
@@ -69,7 +77,6 @@ def main() -> None:
         build_top,
         ensemble_partner,
         ensemble_top,
-        made_from,
         read_recipe,
         write_disabled_marker,
     )
@@ -98,8 +105,7 @@ def main() -> None:
     if not settings.ensemble:  # the top as finetune saved it, byte for byte
         with atomic_dir(target) as tmp:
             shutil.copyfile(source / TOP_FILE, tmp / TOP_FILE)
-            write_json(tmp / RECIPE_FILE, {**recipe, "made_from": {**recipe["made_from"],
-                                                                   **made_from([source / TOP_FILE])}})
+            write_json(tmp / RECIPE_FILE, recipe_made_from(recipe, [source / TOP_FILE]))
         write_json(paths["ensemble_metrics"] / "metrics.json", summary)
         print(f"finetune_ensemble: the fine-tuned top as it is (finetune.ensemble: false) -> {target}")
         return
@@ -121,8 +127,7 @@ def main() -> None:
         said += f": {stop_name} log loss {mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}"
     with atomic_dir(target) as tmp:
         save_model(top, tmp / TOP_FILE)
-        write_json(tmp / RECIPE_FILE, {**recipe, "made_from": {**recipe["made_from"],
-                                                               **made_from([source / TOP_FILE, paths[partner]])}})
+        write_json(tmp / RECIPE_FILE, recipe_made_from(recipe, [source / TOP_FILE, paths[partner]]))
     write_json(paths["ensemble_metrics"] / "metrics.json", summary)
     print(f"finetune_ensemble: saved {said} -> {target}")
 
