@@ -63,6 +63,11 @@ def find_candidates(root: str | Path, layout: str) -> tuple[str, list[Candidate]
     candidates = []
     for relative in list_files(root):
         parts = relative.parts
+        path = root / relative
+        if len(parts) != depth and path.is_symlink() and not path.exists():
+            # A link to a class folder that moved, say: what to mend is the link, not where a file sits.
+            raise UserError(f"{path}: a link to {os.readlink(path)}, which does not exist; restore its target or "
+                            "remove the link")
         if len(parts) != depth:
             # Loose files beside the class folders carry no label; nested folders are ambiguous.
             raise UserError(
@@ -102,8 +107,9 @@ def check_images(root: Path, candidates: list[Candidate], hash_image=None
         path = root / candidate.path
         try:
             data = path.read_bytes()
-        except OSError as exc:  # no permission, a file gone since it was listed, an I/O error
-            bad.append((candidate.path, f"cannot read the file ({exc.strerror})"))
+        except OSError as exc:  # no permission, a file gone since it was listed, an I/O error, a broken link
+            link = f"a link to {os.readlink(path)}: " if path.is_symlink() else ""
+            bad.append((candidate.path, f"{link}cannot read the file ({exc.strerror})"))
             continue
         try:
             # Decoding the bytes we hashed means the hash always names the pixels we checked.

@@ -30,10 +30,14 @@ import numpy as np
 
 from bottleneck_clf.config import ExtractConfig, RayConfig
 from bottleneck_clf.errors import UserError
+from bottleneck_clf.machine import describe
 
 ADDRESS_ENV = "RAY_ADDRESS"
 INSTALL = "pip install -e '.[ray]'"
 CONNECT_TIMEOUT = 5.0  # seconds to wait for a cluster's address to answer before giving up
+# Seconds for every node to say what it is (node_signatures): a fresh worker importing TensorFlow, and a GPU
+# that other work holds, which the probe waits for as an actor would.
+PROBE_TIMEOUT = 300.0
 
 
 def ray_installed() -> bool:
@@ -66,8 +70,8 @@ def choose(settings: RayConfig, environ=os.environ) -> str:
 
 @contextlib.contextmanager
 def open_engine(settings: RayConfig, environ=os.environ) -> Iterator[RayEngine | None]:
-    """The engine for one stage: None for local, else a RayEngine that connects on its first cache miss and
-    disconnects when the block ends."""
+    """The engine for one stage: None for local, else a RayEngine that connects when first used (asking the
+    nodes for the feature cache's key, features.made_on) and disconnects when the block ends."""
     if choose(settings, environ) == "local":
         yield None
         return
@@ -80,15 +84,11 @@ def open_engine(settings: RayConfig, environ=os.environ) -> Iterator[RayEngine |
 
 def local_device() -> str:
     """Where TensorFlow runs in this process: its GPUs, or the CPU."""
-    import tensorflow as tf
+    from bottleneck_clf.machine import gpus
 
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        names = []
-        for gpu in gpus:
-            details = tf.config.experimental.get_device_details(gpu)
-            names.append(f"{gpu.name.split(':', 1)[-1]} {details.get('device_name', '')}".strip())
-        return f"device: {len(gpus)} GPU(s): {', '.join(names)}"
+    found = gpus()
+    if found:
+        return f"device: {len(found)} GPU(s): {', '.join(f'{label} {model}'.strip() for label, model in found)}"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"device: CPU, {cores} cores (no GPU visible to TensorFlow)"
 
@@ -129,6 +129,7 @@ class RayEngine:
         self.actors = 0
         self.gpus_per_actor = 0.0
         self.machines: set[str] = set()  # signatures (machine.py) of the processes that ran VGG16
+        self.kinds: list[str] | None = None  # node_signatures: those the nodes had when asked
 
     def connect(self) -> None:
         if self.connected:
@@ -170,20 +171,57 @@ class RayEngine:
     def describe(self) -> str:
         where = self.address or "a Ray started on this machine"
         if not self.connected:
-            return f"device: Ray at {where} (not contacted: every image came from the feature cache)"
+            return f"device: Ray at {where} (not connected)"
         per_actor = f"{self.gpus_per_actor:g} GPU" if self.gpus_per_actor else "1 CPU"
         return (f"device: Ray at {where}: {self.nodes} node(s), {self.cpus:g} CPUs, {self.gpus:g} GPUs; "
                 f"{self.actors} VGG16 actor(s) with {per_actor} each")
 
     def made_on(self) -> dict | None:
-        """The machine signature of the actors that computed features (for `machine.record`): None when none
-        did; when nodes differ, one whose `cpu` lists them all, so that `check-repro` never compares strictly."""
-        if not self.machines:
+        """The machine signature of the actors that computed features (for `machine.record`), or with every
+        image cached the kinds of node the cache's key names (which made them); None when neither is known;
+        when they differ, one whose `cpu` lists them all, so that `check-repro` never compares strictly."""
+        texts = self.machines or set(self.kinds or ())
+        if not texts:
             return None
-        signatures = [json.loads(text) for text in sorted(self.machines)]
+        signatures = [json.loads(text) for text in sorted(texts)]
         if len(signatures) == 1:
             return signatures[0]
         return {**signatures[0], "cpu": {"nodes": [sig["cpu"] for sig in signatures]}}
+
+    def node_signatures(self) -> list[dict]:
+        """The machine signatures of the nodes a VGG16 actor may run on, one per kind, each asked of the node by a
+        task pinned to it that sees what an actor would (an actor's GPUs; no CPU, so that busy nodes answer
+        too). The feature cache's key holds them (features.made_on): where VGG16 runs decides the features'
+        round-off. This contacts the cluster even when every image is cached, since the key must be known
+        before the cache is read."""
+        if self.kinds is None:
+            import ray
+            from ray.exceptions import GetTimeoutError
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            self.connect()
+            need = {"CPU": 1, "GPU": self.gpus_per_actor}
+            fits = [node["NodeID"] for node in ray.nodes() if node.get("Alive")
+                    and all(node["Resources"].get(name, 0) >= amount for name, amount in need.items())]
+            if not fits:
+                raise UserError(f"{ADDRESS_ENV}={self.address}: no node of the cluster can hold a VGG16 actor "
+                                f"({', '.join(f'{v:g} {k}' for k, v in need.items() if v)}); start worker nodes "
+                                "(the stage asks them what they are before it reads the feature cache, whose key "
+                                "names the machines that compute), or set ray.engine to local")
+            # max_calls=1: the worker, TensorFlow loaded (a GPU's memory too), exits once it has answered.
+            probe = ray.remote(max_calls=1)(signature_text)
+            refs = [probe.options(num_cpus=0, num_gpus=self.gpus_per_actor,
+                                  scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+                    for node in fits]
+            try:
+                texts = ray.get(refs, timeout=PROBE_TIMEOUT)
+            except GetTimeoutError:
+                raise UserError(f"{ADDRESS_ENV}={self.address}: not every node said within {PROBE_TIMEOUT:g} s "
+                                "what machine it is (the feature cache's key names them): is other work holding "
+                                "their GPUs? Run the stage again when they are free, or set ray.engine to local"
+                                ) from None
+            self.kinds = sorted(set(texts))
+        return [json.loads(text) for text in self.kinds]
 
     def close(self) -> None:
         if self._started_ray:
@@ -192,6 +230,7 @@ class RayEngine:
             ray.shutdown()
         self._started_ray = self.connected = False
         self._weights.clear()
+        self.kinds = None  # the next connection may find other nodes
 
     def encoder(self, weights, extract: ExtractConfig, pooling: str, output: str | None, mirror: bool = False):
         """`encode(paths, digests)` for features.fill_features: the model of build_extractor(weights, ...,
@@ -244,7 +283,16 @@ class RayEngine:
             if not np.array_equal(got, np.arange(expected, expected + len(got))):
                 raise RuntimeError(f"Ray returned rows {got[:3]}... where row {expected} was due")
             expected += len(got)
-            self.machines.update(str(text) for text in set(np.asarray(batch["machine"]).tolist()))
+            made = {str(text) for text in np.asarray(batch["machine"]).tolist()}
+            if self.kinds is not None and not made <= set(self.kinds):
+                # A node of a new kind that joined after node_signatures: its features do not belong under the
+                # cache's key.
+                stranger = json.loads(sorted(made - set(self.kinds))[0])
+                raise UserError(f"a VGG16 actor ran on a kind of machine the cluster did not have when the stage "
+                                f"asked its nodes ({describe(stranger)}), and the feature cache's key names the "
+                                "machines that compute; run the stage again: it asks the nodes anew, and with "
+                                "this kind in the key it encodes every image again")
+            self.machines.update(made)
             yield np.asarray(batch["features"], np.float32)
 
 
@@ -272,6 +320,15 @@ def decode_files(batch: dict, image_size: int, interpolation: str) -> dict:
     return {"row": batch["row"], "ok": batch["ok"], "pixels": pixels}
 
 
+def signature_text() -> str:
+    """This process's machine signature as text (a set member, a Ray return): VggActor's, and node_signatures'
+    probe, which runs where an actor would."""
+    import bottleneck_clf  # noqa: F401  (quiet TensorFlow before machine.gpus loads it)
+    from bottleneck_clf.machine import signature
+
+    return json.dumps(signature(), sort_keys=True)
+
+
 class VggActor:
     """A Ray actor: builds the frozen conv base once, then encodes batches of pixels as the local engine does."""
 
@@ -281,12 +338,11 @@ class VggActor:
 
         import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
         from bottleneck_clf.features import build_extractor
-        from bottleneck_clf.machine import signature
 
         (values,) = ray.get(weights) if isinstance(weights[0], ray.ObjectRef) else (weights[0],)
         self.model = build_extractor(values, image_size, pooling, precision, output=output)
         self.mirror = mirror
-        self.machine = json.dumps(signature(), sort_keys=True)  # where these floats are made (check-repro)
+        self.machine = signature_text()  # where these floats are made (the cache key, check-repro)
 
     def __call__(self, batch: dict) -> dict:
         from bottleneck_clf.features import encode_batch

@@ -2,8 +2,9 @@
 
 Key: the sha256 of the image file's bytes, inside a folder named by a fingerprint of everything that changes
 a feature (a digest of the code that makes it, weights digest, image size, interpolation, pooling, precision,
-batch size, library versions). Renaming or moving a file, or changing the split, keeps its entry; one
-changed byte, one changed setting or one edited line of that code is a miss.
+library versions, the machine that computes: features.fingerprint and features.made_on). Renaming or moving
+a file, or changing the split, keeps its entry; one changed byte, one changed setting, one edited line of
+that code or another machine is a miss.
 
 It lives outside DVC on purpose (README, "Feature cache"): its content depends on the history of runs, not
 only on the current inputs, so as a DVC output it would make dvc.lock depend on that history.

@@ -41,12 +41,24 @@ def feature_code() -> tuple:
     and on a Ray cluster the tasks and actors that decode and encode there (engine: what reaches the model).
 
     Whole modules, so an edit anywhere in them (a comment too) is a cache miss: the safe side. Of engine only
-    the parts on the values' path, so that editing how it connects to a cluster keeps the cache.
+    the parts on the values' path and those that name the machines in the key (node_signatures,
+    signature_text), so that editing how it connects to a cluster keeps the cache.
     """
     from bottleneck_clf import engine
 
     return (images, sys.modules[__name__], vgg_weights, FeatureCache, engine.RayEngine.encoder, engine.RayEngine.run,
-            engine.read_files, engine.decode_files, engine.VggActor)
+            engine.read_files, engine.decode_files, engine.VggActor, engine.RayEngine.node_signatures,
+            engine.signature_text)
+
+
+def made_on(engine) -> list[dict]:
+    """The machines that compute the features: this process's, or one of each kind among the Ray cluster's
+    nodes. In the feature cache's key, because the machine decides the round-off (machine.py: CPU flags,
+    cores, GPU, oneDNN switches, numpy): a cache shared between machines (a BOTTLENECK_FEATURE_CACHE on a
+    network disk, a home folder mounted on several) never serves one machine another's features."""
+    from bottleneck_clf.machine import signature
+
+    return [signature()] if engine is None else engine.node_signatures()
 
 
 def feature_shape(image_size: int, pooling: str, flip_tta: str = "none") -> tuple[int, ...]:
@@ -109,7 +121,8 @@ def build_extractor(weights, image_size: int, pooling: str, precision: str = "fl
 
 
 def fingerprint(weights_digest: str, extract: ExtractConfig) -> dict:
-    """Everything that changes a feature value, down to float round-off."""
+    """The settings, code and libraries that change a feature value; with the machine that computes it
+    (made_on, beside this in the cache's key), everything down to float round-off."""
     import keras
     import PIL
     import tensorflow as tf
@@ -123,7 +136,8 @@ def fingerprint(weights_digest: str, extract: ExtractConfig) -> dict:
         "pooling": extract.pooling,
         "precision": extract.precision,
         # Not the batch size: encode_batch runs VGG16 one image at a time, so it changes no value.
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "pillow": PIL.__version__},
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "backend": keras.backend.backend(),
+                     "pillow": PIL.__version__},
     }
 
 
@@ -320,13 +334,15 @@ class Extractor:
         output)` gives `fill_features` its `encode` (the Ray engine). Either way only cache misses are sent."""
         self.extract = extract
         self.fingerprint = fingerprint(vgg_weights.weights_digest(weights), extract)
-        self.cache = FeatureCache(cache_root, self.fingerprint)
+        machines = made_on(engine)  # the cache's key only: meta.json keeps the settings, metrics/machine the rest
+        self.cache = FeatureCache(cache_root, {**self.fingerprint, "made_on": machines})
         self.model, self.encode = model_or_encoder(engine, weights, extract, extract.pooling)
         self.shape = feature_shape(extract.image_size, extract.pooling, extract.flip_tta)
         # The mirrored images' features: a cache of their own, so that `none` and both combinations share them.
         self.passes = [("extract", self.cache, self.encode)]
         if extract.flip_tta != "none":
-            self.passes.append(("extract mirrored", FeatureCache(cache_root, {**self.fingerprint, "mirror": True}),
+            self.passes.append(("extract mirrored", FeatureCache(cache_root, {**self.fingerprint, "made_on": machines,
+                                                                               "mirror": True}),
                                 mirror_encoder(self.model, engine, weights, extract, extract.pooling)))
 
     def write_splits(self, directory: Path, splits: dict[str, list], raw: Path, classes: list[str]):

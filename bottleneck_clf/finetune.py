@@ -300,7 +300,7 @@ class FrozenMaps:
 
     def __init__(self, weights, extract: ExtractConfig, blocks: int, cache_root: Path, engine=None):
         from bottleneck_clf.feature_cache import FeatureCache
-        from bottleneck_clf.features import fingerprint, model_or_encoder, source_digest
+        from bottleneck_clf.features import fingerprint, made_on, model_or_encoder, source_digest
         from bottleneck_clf.vgg_weights import weights_digest
 
         self.extract = extract
@@ -310,7 +310,7 @@ class FrozenMaps:
         code = source_digest(FrozenMaps, split_layer, map_shape)
         # The maps stop before any pooling, whatever extract.pooling is: "none" in the key.
         self.cache = FeatureCache(cache_root, {**settings, "pooling": "none", "output": split_layer(blocks),
-                                               "frozen_maps_code": code})
+                                               "frozen_maps_code": code, "made_on": made_on(engine)})
         # `engine` as Extractor's: None runs the frozen blocks here, the Ray engine on its cluster.
         self.model, self.encode = model_or_encoder(engine, weights, extract, "flatten", split_layer(blocks))
         self.shape = map_shape(extract.image_size, blocks)

@@ -33,12 +33,14 @@ def is_system_file(relative: Path) -> bool:
 
 
 def list_files(root: str | Path) -> list[Path]:
-    """Every regular file under `root` (relative, sorted), skipping hidden and system files."""
+    """Every regular file under `root` (relative, sorted), skipping hidden and system files; a link whose target
+    is gone too, so that prepare reports it instead of a photo silently missing from training."""
     root = Path(root)
     files = []
     for path in root.rglob("*"):
         relative = path.relative_to(root)
-        if path.is_file() and not is_system_file(relative):
+        dangling = path.is_symlink() and not path.exists()
+        if (path.is_file() or dangling) and not is_system_file(relative):
             files.append(relative)
     return sorted(files, key=lambda p: p.as_posix())
 

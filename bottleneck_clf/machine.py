@@ -22,7 +22,7 @@ KERNEL_FLAGS = ("avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "a
 # Environment switches that change the kernels on the same CPU.
 KERNEL_ENV = ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "TF_NUM_INTRAOP_THREADS")
 LIBRARIES = ("tensorflow", "keras", "numpy")
-SECTIONS = ("cpu", "env", "versions")
+SECTIONS = ("cpu", "device", "env", "versions")
 
 
 def _cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:
@@ -54,8 +54,20 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def gpus() -> list[tuple[str, str]]:
+    """The GPUs TensorFlow sees in this process, as ('GPU:0', 'NVIDIA H100 80GB HBM3'); [] on a CPU."""
+    import tensorflow as tf
+
+    found = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        found.append((gpu.name.split(":", 1)[-1], details.get("device_name", "")))
+    return found
+
+
 def signature() -> dict:
-    """This machine's signature: CPU identity, kernel-relevant flags, cores, kernel switches, versions."""
+    """This process's signature: CPU identity, kernel-relevant flags, cores, the GPU TensorFlow computes on,
+    kernel switches, versions."""
     cpu = _cpuinfo()
     flags = set(cpu.get("flags", "").split())
     return {
@@ -67,6 +79,9 @@ def signature() -> dict:
             "flags": [flag for flag in KERNEL_FLAGS if flag in flags],
             "cores": _cores(),
         },
+        # GPU kernels round otherwise than CPU ones. The model of the first GPU, where Keras places the work: a
+        # Ray actor given one GPU sees it as its first as well, so one machine gives the two the same signature.
+        "device": {"gpu": next((model or label for label, model in gpus()), None)},
         "env": {name: os.environ.get(name) for name in KERNEL_ENV},
         "versions": {name: _version(name) for name in LIBRARIES},
     }
@@ -84,8 +99,9 @@ def describe(sig: dict) -> str:
     isa = _isa(cpu.get("flags") or [])
     switches = ", ".join(f"{k}={v}" for k, v in sorted(sig.get("env", {}).items()) if v is not None)
     versions = ", ".join(f"{k} {v}" for k, v in sig.get("versions", {}).items())
+    gpu = (sig.get("device") or {}).get("gpu")
     text = (f"{cpu.get('model_name')} ({cpu.get('vendor')} family {cpu.get('family')} model {cpu.get('model')}), "
-            f"{isa}, {cpu.get('cores')} cores, {versions}")
+            f"{isa}, {cpu.get('cores')} cores{', ' + gpu if gpu else ''}, {versions}")
     return f"{text}, {switches}" if switches else text
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -30,6 +31,7 @@ from bottleneck_clf.features import (
     load_split,
     source_digest,
 )
+from bottleneck_clf.machine import signature
 from stages import extract_features, prepare, weights
 
 BASE = dict(weights_digest="abc", image_size=32, interpolation="bilinear", pooling="avg", precision="float32",
@@ -122,6 +124,41 @@ def test_changed_byte_misses_renamed_file_hits_new_split_hits(prepared, capsys):
     update_params(prepared, {"base": {"seed": 3}})  # a different split
     prepare.main()
     assert run_extract(capsys) == (2, 19)
+
+
+@pytest.mark.parametrize(("switch", "values"), [("ONEDNN_MAX_CPU_ISA", ("AVX2", "SSE41")),
+                                                ("TF_ENABLE_ONEDNN_OPTS", ("0", "1")), ("cores", ())])
+def test_another_machine_is_a_miss(prepared, capsys, monkeypatch, feature_cache, switch, values):
+    """The machine that computes is in the key (machine.signature: CPU, flags, cores, GPU, oneDNN switches,
+    numpy), so a cache shared between machines never serves one the other's round-off. Here this machine is
+    made another: a kernel switch in the environment set otherwise, or this thread bound to one core fewer."""
+    everything = os.sched_getaffinity(0)
+    if switch == "cores" and len(everything) < 2:
+        pytest.skip("one core: no fewer to bind to")
+    before = os.environ.get(switch)
+    assert run_extract(capsys) == (20, 0)
+    if switch == "cores":
+        os.sched_setaffinity(0, set(sorted(everything)[:-1]))
+    else:
+        monkeypatch.setenv(switch, next(value for value in values if value != before))
+    try:
+        assert run_extract(capsys) == (20, 0)
+    finally:
+        if switch == "cores":
+            os.sched_setaffinity(0, everything)
+        elif before is None:
+            monkeypatch.delenv(switch)
+        else:
+            monkeypatch.setenv(switch, before)
+    assert run_extract(capsys) == (0, 20)  # back on this machine: its own entries
+    made_on = [json.loads(path.read_text())["made_on"] for path in feature_cache.glob("*/fingerprint.json")]
+    assert len(made_on) == 2 and all(len(machines) == 1 for machines in made_on)
+    if switch == "cores":
+        assert sorted(machines[0]["cpu"]["cores"] for machines in made_on) == [len(everything) - 1, len(everything)]
+    else:
+        assert before in {machines[0]["env"][switch] for machines in made_on}
+    # meta.json holds the settings, not the machine (metrics/machine/extract_features.json does).
+    assert "made_on" not in json.loads((prepared / "data/features/meta.json").read_text())["fingerprint"]
 
 
 def test_duplicates_are_encoded_once(prepared, capsys):
@@ -299,6 +336,7 @@ def test_frozen_maps_key_follows_their_code(tmp_path, tiny_weights):
     frozen = FrozenMaps(read_weights(tiny_weights), SMALL, 1, tmp_path)
     assert frozen.cache.fingerprint["frozen_maps_code"] == source_digest(FrozenMaps, split_layer, map_shape)
     assert frozen.cache.fingerprint["code"] == source_digest(*feature_code())
+    assert frozen.cache.fingerprint["made_on"] == [signature()]  # the machine that computes the maps
 
 
 def digests_of(paths: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ from bottleneck_clf import machine, repro_check
 ZEN4 = {"cpu": {"vendor": "AuthenticAMD", "model_name": "AMD EPYC", "family": "25", "model": "17",
                 "flags": ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16"],
                 "cores": 2},
+        "device": {"gpu": None},
         "env": {"TF_ENABLE_ONEDNN_OPTS": None, "ONEDNN_MAX_CPU_ISA": None, "TF_NUM_INTRAOP_THREADS": None},
         "versions": {"tensorflow": "2.21.0", "keras": "3.15.1", "numpy": "2.4.6"}}
 ZEN3 = {**ZEN4, "cpu": {**ZEN4["cpu"], "model": "1", "flags": ["avx2", "fma"]}}
@@ -18,12 +19,16 @@ ZEN3 = {**ZEN4, "cpu": {**ZEN4["cpu"], "model": "1", "flags": ["avx2", "fma"]}}
 
 def test_signature_of_this_machine(monkeypatch):
     """Against what the system's own tools say (lscpu, nproc, pip's metadata), not against machine.py again."""
+    import os
+    import shutil
     import subprocess
     from importlib import metadata
 
+    import tensorflow as tf
+
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
     sig = machine.signature()
-    assert set(sig) == {"cpu", "env", "versions"}
+    assert set(sig) == {"cpu", "device", "env", "versions"}
     listed = dict(line.split(":", 1) for line in subprocess.run(["lscpu"], capture_output=True, text=True,
                                                                  check=True).stdout.splitlines() if ":" in line)
     listed = {key.strip(): value.strip() for key, value in listed.items()}
@@ -32,6 +37,14 @@ def test_signature_of_this_machine(monkeypatch):
     assert sig["cpu"]["flags"] == [flag for flag in machine.KERNEL_FLAGS if flag in listed["Flags"].split()]
     assert sig["cpu"]["cores"] == int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
     assert sig["env"]["TF_ENABLE_ONEDNN_OPTS"] == "0"
+    # The GPU: none without an NVIDIA driver (CI's machines); with one, a TensorFlow built for CUDA and every
+    # GPU visible, the first that the driver lists.
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        assert sig["device"] == {"gpu": None}
+    elif tf.test.is_built_with_cuda() and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        first = subprocess.run([smi, "-L"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
+        assert first.startswith(f"GPU 0: {sig['device']['gpu']} ("), (first, sig["device"])
     assert sig["versions"] == {name: metadata.version(name) for name in ("tensorflow", "keras", "numpy")}
     assert machine.differences(sig, machine.signature()) == []
 
@@ -55,6 +68,13 @@ def test_describe_and_differences():
     ]
     newer = {**ZEN4, "versions": {**ZEN4["versions"], "tensorflow": "2.22.0"}}
     assert machine.differences(ZEN4, newer) == ["versions.tensorflow: 2.21.0 -> 2.22.0"]
+    on_gpu = {**ZEN4, "device": {"gpu": "NVIDIA H100 80GB HBM3"}}
+    assert "2 cores, NVIDIA H100 80GB HBM3, tensorflow" in machine.describe(on_gpu)
+    assert machine.differences(ZEN4, on_gpu) == ["device.gpu: None -> NVIDIA H100 80GB HBM3"]
+    # A record from before the device section compares as another machine: it cannot say it had no GPU.
+    older = {key: value for key, value in ZEN4.items() if key != "device"}
+    assert machine.differences(older, ZEN4) == []  # None either way: a CPU record reads the same
+    assert machine.differences(older, on_gpu) == ["device.gpu: None -> NVIDIA H100 80GB HBM3"]
 
 
 def test_record_writes_the_signature(tmp_path):
@@ -62,8 +82,8 @@ def test_record_writes_the_signature(tmp_path):
     data = json.loads(path.read_text())
     assert path.name == "train_head.json" and data["stage"] == "train_head"
     assert data["cpu"] == machine.signature()["cpu"]  # checked against lscpu above
-    assert {key: data[key] for key in ("env", "versions")} == {key: machine.signature()[key]
-                                                              for key in ("env", "versions")}
+    assert {key: data[key] for key in ("device", "env", "versions")} == {key: machine.signature()[key]
+                                                                        for key in ("device", "env", "versions")}
 
 
 @pytest.mark.parametrize(

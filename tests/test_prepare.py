@@ -197,13 +197,26 @@ def test_a_file_name_that_is_not_utf8_is_refused_naming_it(project):
 
 def test_a_file_that_cannot_be_read_is_skipped_with_the_reason(project):
     """A listed file whose bytes cannot be read (here a link to a kernel file that fails every read, a real
-    I/O error even for root) is reported like an undecodable one, not a traceback."""
+    I/O error even for root), or a link whose target is gone, is reported like an undecodable one, not a
+    traceback and not left out without a word."""
     raw = make_class_folders(project / "data/raw", per_class=10)
     (raw / "cats/unreadable.png").symlink_to("/proc/self/mem")
+    (raw / "dogs/moved.png").symlink_to(project / "elsewhere/moved.png")  # a link whose photo was moved away
     entries, report, skipped = run_prepare(project)
-    assert [(row["path"], row["reason"]) for row in skipped] == [
-        ("cats/unreadable.png", "cannot read the file (Input/output error)")]
-    assert report["skipped"] == 1 and "cats/unreadable.png" not in {e.path for e in entries}
+    assert sorted((row["path"], row["reason"]) for row in skipped) == [
+        ("cats/unreadable.png", "a link to /proc/self/mem: cannot read the file (Input/output error)"),
+        ("dogs/moved.png", f"a link to {project / 'elsewhere/moved.png'}: cannot read the file (No such file or "
+                           "directory)")]
+    assert report["skipped"] == 2 and {"cats/unreadable.png", "dogs/moved.png"}.isdisjoint(e.path for e in entries)
+
+
+def test_a_link_to_a_class_folder_that_is_gone_is_one_message(project):
+    raw = make_class_folders(project / "data/raw", per_class=5)
+    (raw / "birds").symlink_to(project / "moved/birds")
+    with pytest.raises(ValueError, match=rf"^data/raw/birds: a link to {project / 'moved/birds'}, which does not "
+                                         r"exist; restore its target or remove the link$"):
+        prepare.main()
+    assert not (project / "data/prepared").exists()
 
 
 @pytest.mark.parametrize(

@@ -183,6 +183,54 @@ def test_frozen_maps_on_ray_equal_local(tmp_path, tiny_weights, on_cluster):
         engine.close()
 
 
+def test_a_cluster_with_another_kind_of_node_has_cache_entries_of_its_own(project, on_cluster, feature_cache,
+                                                                         tiny_weights, capsys):
+    """Where VGG16 runs is in the feature cache's key: a cluster with a node of another kind (here one whose
+    raylet, and so its workers, run oneDNN held to AVX2) does not read what this machine cached, and an actor
+    on a machine the key does not name (a node that joined after the stage asked) is refused."""
+    make_class_folders(project / "data/raw", per_class=4)
+    weights.main()
+    prepare.main()
+    update_params(project, {"ray": {"engine": "local"}})
+    assert encoded(run_extract(capsys)) == 8
+    here = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    isa = "AVX2" if here != "AVX2" else "SSE41"  # another setting than this machine's
+    other = on_cluster.add_node(num_cpus=2, object_store_memory=80 * 2**20, env_vars={"ONEDNN_MAX_CPU_ISA": isa})
+    try:
+        on_cluster.wait_for_nodes()
+        update_params(project, {"ray": {"engine": "ray"}})
+        out = run_extract(capsys)
+        assert encoded(out) == 8 and "3 node(s)" in out, out
+        made_on = max((json.loads(path.read_text())["made_on"] for path in feature_cache.glob("*/fingerprint.json")),
+                      key=len)
+        assert sorted(str(kind["env"]["ONEDNN_MAX_CPU_ISA"]) for kind in made_on) == sorted([isa, str(here)])
+        # Every image cached, the record names the kinds the key names (which made them), not this machine.
+        assert encoded(run_extract(capsys)) == 0
+        recorded = json.loads((project / "metrics/machine/extract_features.json").read_text())
+        assert len(recorded["cpu"]["nodes"]) == 2
+
+        engine = RayEngine(RayConfig(engine="ray", actors=1, gpus_per_actor=0), on_cluster.address)
+        try:
+            assert sorted(json.dumps(kind, sort_keys=True) for kind in engine.node_signatures()) == sorted(
+                json.dumps(kind, sort_keys=True) for kind in made_on)
+            engine.kinds = []  # as if every actor's node had joined after the stage asked
+            extract = ExtractConfig(image_size=32, interpolation="bilinear", pooling="avg", batch_size=4,
+                                    precision="float32")
+            paths = [str(p) for p in sorted((project / "data/raw").rglob("*.png"))]
+            with pytest.raises(UserError, match="a VGG16 actor ran on a kind of machine the cluster did not have"):
+                list(engine.run(read_weights(tiny_weights), extract, "avg", None, paths,
+                                [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]))
+            # Actors that ask for a GPU where no node has one: one message, not a wait for nodes that never come.
+            engine.kinds, engine.gpus_per_actor = None, 1.0
+            with pytest.raises(UserError, match=r"no node of the cluster can hold a VGG16 actor \(1 CPU, 1 GPU\)"):
+                engine.node_signatures()
+        finally:
+            engine.close()
+    finally:
+        ray.shutdown()
+        on_cluster.remove_node(other)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
