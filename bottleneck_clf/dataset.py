@@ -64,10 +64,12 @@ def find_candidates(root: str | Path, layout: str) -> tuple[str, list[Candidate]
     for relative in list_files(root):
         parts = relative.parts
         path = root / relative
+        if path.is_symlink() and path.is_dir():
+            raise UserError(f"{path}: a link to the folder {os.readlink(path)}, and prepare reads only folders "
+                            f"that are really there; move or copy that folder to {path} (links to files are fine)")
         if len(parts) != depth and path.is_symlink() and not path.exists():
             # A link to a class folder that moved, say: what to mend is the link, not where a file sits.
-            raise UserError(f"{path}: a link to {os.readlink(path)}, which does not exist; restore its target or "
-                            "remove the link")
+            raise UserError(f"{path}: a link to {os.readlink(path)}, which does not exist; remove the link")
         if len(parts) != depth:
             # Loose files beside the class folders carry no label; nested folders are ambiguous.
             raise UserError(

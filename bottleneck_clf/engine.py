@@ -35,9 +35,9 @@ from bottleneck_clf.machine import describe
 ADDRESS_ENV = "RAY_ADDRESS"
 INSTALL = "pip install -e '.[ray]'"
 CONNECT_TIMEOUT = 5.0  # seconds to wait for a cluster's address to answer before giving up
-# Seconds for every node to say what it is (node_signatures): a fresh worker importing TensorFlow, and a GPU
-# that other work holds, which the probe waits for as an actor would.
-PROBE_TIMEOUT = 300.0
+# Seconds before node_signatures says it is waiting: a fresh worker imports TensorFlow, and a probe that needs
+# a GPU waits for one as an actor would (another experiment's actors may hold them all).
+PROBE_PATIENCE = 30.0
 
 
 def ray_installed() -> bool:
@@ -177,10 +177,11 @@ class RayEngine:
                 f"{self.actors} VGG16 actor(s) with {per_actor} each")
 
     def made_on(self) -> dict | None:
-        """The machine signature of the actors that computed features (for `machine.record`), or with every
-        image cached the kinds of node the cache's key names (which made them); None when neither is known;
+        """The machine signatures behind the features (for `machine.record`): the kinds of node the cache's key
+        names, or without one those of the actors that computed; None when neither is known;
         when they differ, one whose `cpu` lists them all, so that `check-repro` never compares strictly."""
-        texts = self.machines or set(self.kinds or ())
+        # The kinds the key names, once asked: cached entries of any of them may sit beside what was encoded.
+        texts = set(self.kinds) if self.kinds is not None else self.machines
         if not texts:
             return None
         signatures = [json.loads(text) for text in sorted(texts)]
@@ -196,7 +197,6 @@ class RayEngine:
         before the cache is read."""
         if self.kinds is None:
             import ray
-            from ray.exceptions import GetTimeoutError
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             self.connect()
@@ -204,7 +204,8 @@ class RayEngine:
             fits = [node["NodeID"] for node in ray.nodes() if node.get("Alive")
                     and all(node["Resources"].get(name, 0) >= amount for name, amount in need.items())]
             if not fits:
-                raise UserError(f"{ADDRESS_ENV}={self.address}: no node of the cluster can hold a VGG16 actor "
+                where = f"{ADDRESS_ENV}={self.address}" if self.address else "the Ray started here"
+                raise UserError(f"{where}: no node of the cluster can hold a VGG16 actor "
                                 f"({', '.join(f'{v:g} {k}' for k, v in need.items() if v)}); start worker nodes "
                                 "(the stage asks them what they are before it reads the feature cache, whose key "
                                 "names the machines that compute), or set ray.engine to local")
@@ -213,14 +214,12 @@ class RayEngine:
             refs = [probe.options(num_cpus=0, num_gpus=self.gpus_per_actor,
                                   scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
                     for node in fits]
-            try:
-                texts = ray.get(refs, timeout=PROBE_TIMEOUT)
-            except GetTimeoutError:
-                raise UserError(f"{ADDRESS_ENV}={self.address}: not every node said within {PROBE_TIMEOUT:g} s "
-                                "what machine it is (the feature cache's key names them): is other work holding "
-                                "their GPUs? Run the stage again when they are free, or set ray.engine to local"
-                                ) from None
-            self.kinds = sorted(set(texts))
+            _, waiting = ray.wait(refs, num_returns=len(refs), timeout=PROBE_PATIENCE)
+            if waiting:
+                print(f"ray: waiting for {len(waiting)} of {len(refs)} node(s) to say what machine they are (the "
+                      "feature cache's key names them); a probe that needs a GPU waits for a free one",
+                      file=sys.stderr, flush=True)
+            self.kinds = sorted(set(ray.get(refs)))
         return [json.loads(text) for text in self.kinds]
 
     def close(self) -> None:

@@ -33,14 +33,15 @@ def is_system_file(relative: Path) -> bool:
 
 
 def list_files(root: str | Path) -> list[Path]:
-    """Every regular file under `root` (relative, sorted), skipping hidden and system files; a link whose target
-    is gone too, so that prepare reports it instead of a photo silently missing from training."""
+    """Every regular file under `root` (relative, sorted), skipping hidden and system files; also links whose
+    target is gone and links to folders (which rglob does not enter), so that prepare reports them instead of
+    photos silently missing from training."""
     root = Path(root)
     files = []
     for path in root.rglob("*"):
         relative = path.relative_to(root)
-        dangling = path.is_symlink() and not path.exists()
-        if (path.is_file() or dangling) and not is_system_file(relative):
+        odd_link = path.is_symlink() and (not path.exists() or path.is_dir())
+        if (path.is_file() or odd_link) and not is_system_file(relative):
             files.append(relative)
     return sorted(files, key=lambda p: p.as_posix())
 

@@ -19,7 +19,6 @@ ZEN3 = {**ZEN4, "cpu": {**ZEN4["cpu"], "model": "1", "flags": ["avx2", "fma"]}}
 
 def test_signature_of_this_machine(monkeypatch):
     """Against what the system's own tools say (lscpu, nproc, pip's metadata), not against machine.py again."""
-    import os
     import shutil
     import subprocess
     from importlib import metadata
@@ -42,9 +41,9 @@ def test_signature_of_this_machine(monkeypatch):
     smi = shutil.which("nvidia-smi")
     if smi is None:
         assert sig["device"] == {"gpu": None}
-    elif tf.test.is_built_with_cuda() and "CUDA_VISIBLE_DEVICES" not in os.environ:
-        first = subprocess.run([smi, "-L"], capture_output=True, text=True, check=True).stdout.splitlines()[0]
-        assert first.startswith(f"GPU 0: {sig['device']['gpu']} ("), (first, sig["device"])
+    elif tf.config.list_physical_devices("GPU"):  # a TensorFlow with CUDA's libraries: one of the driver's GPUs
+        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, check=True).stdout.splitlines()
+        assert any(line.split(": ", 1)[-1].startswith(f"{sig['device']['gpu']} (") for line in listed), listed
     assert sig["versions"] == {name: metadata.version(name) for name in ("tensorflow", "keras", "numpy")}
     assert machine.differences(sig, machine.signature()) == []
 

@@ -210,11 +210,18 @@ def test_a_file_that_cannot_be_read_is_skipped_with_the_reason(project):
     assert report["skipped"] == 2 and {"cats/unreadable.png", "dogs/moved.png"}.isdisjoint(e.path for e in entries)
 
 
-def test_a_link_to_a_class_folder_that_is_gone_is_one_message(project):
+@pytest.mark.parametrize("target", ["gone", "there"])
+def test_a_link_in_place_of_a_class_folder_is_one_message(project, target):
+    """A class folder that is a link: rglob would not enter it, so its photos would be missing without a word."""
     raw = make_class_folders(project / "data/raw", per_class=5)
-    (raw / "birds").symlink_to(project / "moved/birds")
-    with pytest.raises(ValueError, match=rf"^data/raw/birds: a link to {project / 'moved/birds'}, which does not "
-                                         r"exist; restore its target or remove the link$"):
+    elsewhere = project / "elsewhere/birds"
+    if target == "there":
+        make_class_folders(project / "elsewhere", per_class=5, classes=("birds",))
+    (raw / "birds").symlink_to(elsewhere)
+    message = (rf"^data/raw/birds: a link to {elsewhere}, which does not exist; remove the link$" if target == "gone"
+               else rf"^data/raw/birds: a link to the folder {elsewhere}, and prepare reads only folders that are "
+                    r"really there; move or copy that folder to data/raw/birds \(links to files are fine\)$")
+    with pytest.raises(ValueError, match=message):
         prepare.main()
     assert not (project / "data/prepared").exists()
 
