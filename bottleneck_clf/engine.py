@@ -84,13 +84,12 @@ def open_engine(settings: RayConfig, environ=os.environ) -> Iterator[RayEngine |
 
 def local_device() -> str:
     """Where TensorFlow runs in this process: its GPUs, or the CPU."""
-    from bottleneck_clf.machine import gpus
+    from bottleneck_clf.machine import cores, gpus
 
     found = gpus()
     if found:
         return f"device: {len(found)} GPU(s): {', '.join(f'{label} {model}'.strip() for label, model in found)}"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"device: CPU, {cores} cores (no GPU visible to TensorFlow)"
+    return f"device: CPU, {cores()} cores (no GPU visible to TensorFlow)"
 
 
 def device(engine: RayEngine | None) -> str:
@@ -271,7 +270,7 @@ class RayEngine:
                                                 "precision": extract.precision, "output": output,
                                                 "mirror": mirror})
         )
-        expected = 0
+        expected, known = 0, None if self.kinds is None else set(self.kinds)
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
             got = np.asarray(batch["row"])
             changed = np.flatnonzero(~np.asarray(batch["ok"], bool))
@@ -283,10 +282,10 @@ class RayEngine:
                 raise RuntimeError(f"Ray returned rows {got[:3]}... where row {expected} was due")
             expected += len(got)
             made = {str(text) for text in np.asarray(batch["machine"]).tolist()}
-            if self.kinds is not None and not made <= set(self.kinds):
+            if known is not None and not made <= known:
                 # A node of a new kind that joined after node_signatures: its features do not belong under the
                 # cache's key.
-                stranger = json.loads(sorted(made - set(self.kinds))[0])
+                stranger = json.loads(sorted(made - known)[0])
                 raise UserError(f"a VGG16 actor ran on a kind of machine the cluster did not have when the stage "
                                 f"asked its nodes ({describe(stranger)}), and the feature cache's key names the "
                                 "machines that compute; run the stage again: it asks the nodes anew, and with "

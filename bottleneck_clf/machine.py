@@ -49,8 +49,8 @@ def _version(name: str) -> str | None:
         return None
 
 
-def _cores() -> int:
-    # The cores this process may use, which is what TensorFlow sizes its thread pools by.
+def cores() -> int:
+    """The cores this process may use, which is what TensorFlow sizes its thread pools by."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
@@ -77,7 +77,7 @@ def signature() -> dict:
             "family": cpu.get("cpu family"),
             "model": cpu.get("model"),
             "flags": [flag for flag in KERNEL_FLAGS if flag in flags],
-            "cores": _cores(),
+            "cores": cores(),
         },
         # GPU kernels round otherwise than CPU ones. The model of the first GPU, where Keras places the work: a
         # Ray actor given one GPU sees it as its first as well, so one machine gives the two the same signature.
