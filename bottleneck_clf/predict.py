@@ -159,25 +159,39 @@ def classify(runner, files: list[Path], image_size: int, interpolation: str, bat
         yield from flush()
 
 
+def escaped(text: str) -> str:
+    """`text` with the bytes of a file name that is not UTF-8 (surrogate escapes) written as \\xe9 escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def namer(stream):
+    """How a file name goes to `stream` as text: as it is where the stream writes such bytes (bytes_for_odd_names
+    set it so, or it never encodes), escaped where it cannot be told to (Jupyter's output, which encodes to
+    UTF-8 strictly and has no reconfigure)."""
+    return str if hasattr(stream, "reconfigure") else escaped
+
+
 @contextlib.contextmanager
 def bytes_for_odd_names(stream):
     """While classifying, a file name that is not UTF-8 goes to `stream` as the bytes it is, not as a
-    UnicodeEncodeError after the whole run; the stream's own setting comes back after."""
+    UnicodeEncodeError after the whole run; the stream's own setting comes back after. Yields how to write a
+    name (namer): where the stream cannot be reconfigured, as escapes."""
     errors = getattr(stream, "errors", None)
     if errors is None or not hasattr(stream, "reconfigure"):
-        yield
+        yield escaped
         return
     stream.reconfigure(errors="surrogateescape")
     try:
-        yield
+        yield str
     finally:
         stream.reconfigure(errors=errors)
 
 
 def classified(runner, files: list[Path], failures: list, classes: list[str], threshold: float, image_size: int,
-               interpolation: str, batch_size: int, echo: bool) -> list[tuple]:
+               interpolation: str, batch_size: int, echo=None) -> list[tuple]:
     """(path, class, its probability, every probability) per readable file; unreadable ones go to `failures`;
-    with `echo`, each row printed as `path,class,probability` as it comes."""
+    with `echo` (how a name is written: bytes_for_odd_names), each row printed as `path,class,probability` as it
+    comes."""
     rows = []
     for path, probs, error in classify(runner, files, image_size, interpolation, batch_size):
         if error is not None:
@@ -185,8 +199,8 @@ def classified(runner, files: list[Path], failures: list, classes: list[str], th
             continue
         best = int(predict_labels(probs[None], threshold)[0])  # evaluate's rule, so labels agree
         rows.append((path, classes[best], probs[best], probs))
-        if echo:
-            print(f"{path},{classes[best]},{probs[best]:.6f}")
+        if echo is not None:
+            print(f"{echo(str(path))},{classes[best]},{probs[best]:.6f}")
     return rows
 
 
@@ -213,9 +227,9 @@ def predict(model_path: Path, targets: list[str], output: Path | None = None,
     classes, threshold = read_classes(model_path, info_path, info, classes_path is not None, runner.n_outputs)
     image_size, interpolation = resize_settings(runner, info_path, info)
     print(f"predict: format {runner.format} ({model_path}), batches of {batch_size}", file=sys.stderr)
-    with bytes_for_odd_names(sys.stdout):
+    with bytes_for_odd_names(sys.stdout) as name:
         rows = classified(runner, files, failures, classes, threshold, image_size, interpolation, batch_size,
-                          echo=output is None)
+                          echo=name if output is None else None)
     if output is not None:
         # surrogateescape: a file name that is not UTF-8 is written as the bytes the file system holds.
         with atomic_path(output) as tmp, open(tmp, "w", newline="", encoding="utf-8",
@@ -226,8 +240,9 @@ def predict(model_path: Path, targets: list[str], output: Path | None = None,
                 writer.writerow([str(path), name, f"{prob:.6f}", *[f"{p:.6f}" for p in probs], ""])
             for path, error in failures:
                 writer.writerow([str(path), "", "", *[""] * len(classes), error])
+    name = namer(sys.stderr)  # Python's own stderr writes such bytes as escapes; Jupyter's cannot be told to
     for path, error in failures:
-        print(f"predict: {path}: skipped: {error}", file=sys.stderr)
+        print(f"predict: {name(str(path))}: skipped: {error}", file=sys.stderr)
     where = f" -> {output}" if output else ""
     print(f"predict: {len(rows)} classified, {len(failures)} not readable{where}", file=sys.stderr)
     return 0 if rows else 1

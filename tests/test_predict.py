@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -120,6 +121,35 @@ def test_runs_as_a_module(exported, images):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0].startswith(os.fsencode(images / "a.png") + b",") and lines[1].startswith(os.fsencode(odd) + b",")
+
+
+class NotebookOutput(io.TextIOBase):
+    """What Jupyter puts in sys.stdout and sys.stderr (ipykernel's OutStream): text sent on as strict UTF-8, and
+    no reconfigure to make it write a name's bytes."""
+
+    def __init__(self):
+        self.sent = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.sent.append(text.encode("utf-8"))  # a surrogate escape raises UnicodeEncodeError, as in a notebook
+        return len(text)
+
+
+def test_in_a_notebook_a_non_utf8_name_is_printed_with_escapes(exported, images, monkeypatch):
+    odd = images / os.fsdecode(b"caf\xe9.png")
+    write_image(odd, (200, 60, 40), seed=3)
+    broken = images / os.fsdecode(b"na\xefve.jpg")
+    broken.write_bytes(b"not an image")
+    out, err = NotebookOutput(), NotebookOutput()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert run_command(["predict", str(exported), str(odd), str(broken)]) == 0
+    printed, said = b"".join(out.sent).decode(), b"".join(err.sent).decode()
+    assert printed.startswith(f"{images}{os.sep}caf\\xe9.png,") and printed.count("\n") == 1, printed
+    assert f"predict: {images}{os.sep}na\\xefve.jpg: skipped:" in said, said
 
 
 def test_an_output_file_keeps_a_non_utf8_name_as_its_bytes(exported, images, tmp_path):
