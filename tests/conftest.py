@@ -97,6 +97,20 @@ def make_presplit_folders(root: Path, counts=None, classes=("cats", "dogs")) -> 
     return root
 
 
+SUITE_PEAK_GB = 3  # the most the temp folders held at once in a full run (2.7 GB measured, 2 workers)
+
+
+def pytest_report_header(config) -> str:
+    """The free space where the tests write, beside what they need: a full disk fails tests in ways that do not
+    say so (a worker killed by SIGBUS on a mapped file), and the disk of a shared CI machine varies."""
+    import tempfile
+
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free / 1e9
+    note = "" if free > 2 * SUITE_PEAK_GB else " -- LOW: free some space, or point TMPDIR at a larger disk"
+    return f"temp folder {folder}: {free:.1f} GB free; the suite needs about {SUITE_PEAK_GB} GB while it runs{note}"
+
+
 def pytest_collection_modifyitems(items) -> None:
     """Under pytest-xdist (`--dist loadgroup`, pyproject.toml), the tests that share an expensive module- or
     session-scoped fixture (a committed `dvc repro`, a Ray cluster) run on one worker, so it is built once, not
