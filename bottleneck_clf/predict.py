@@ -82,7 +82,7 @@ def read_classes(model_path: Path, path: Path, info: dict | None, given: bool, n
     if info is None:
         if given:
             raise UserError(f"{path}: not found; pass the classes.json written beside the exported model")
-        print(f"predict: {path} not found; naming classes by index, threshold {DEFAULT_THRESHOLD}", file=sys.stderr)
+        tell(f"predict: {path} not found; naming classes by index, threshold {DEFAULT_THRESHOLD}")
         return [str(i) for i in range(n_outputs)], DEFAULT_THRESHOLD
     classes = info["classes"]
     if len(classes) != n_outputs:
@@ -94,8 +94,8 @@ def read_classes(model_path: Path, path: Path, info: dict | None, given: bool, n
 def read_threshold(path: Path, info: dict, n_classes: int) -> float:
     if "threshold" not in info:
         # Exported before export recorded evaluate.threshold; 0.5 was the only rule predict knew then.
-        print(f"predict: {path} records no threshold; using {DEFAULT_THRESHOLD} (rerun `dvc repro export` to "
-              "record evaluate.threshold)", file=sys.stderr)
+        tell(f"predict: {path} records no threshold; using {DEFAULT_THRESHOLD} (rerun `dvc repro export` to "
+             "record evaluate.threshold)")
         return DEFAULT_THRESHOLD
     threshold = info["threshold"]
     if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1:
@@ -165,24 +165,30 @@ def escaped(text: str) -> str:
 
 
 def namer(stream):
-    """How a file name goes to `stream` as text: as it is where the stream writes such bytes (bytes_for_odd_names
-    set it so, or it never encodes), escaped where it cannot be told to (Jupyter's output, which encodes to
-    UTF-8 strictly and has no reconfigure)."""
-    return str if hasattr(stream, "reconfigure") else escaped
+    """How text naming files goes to `stream`: as it is where the stream writes a name's undecodable bytes as
+    those bytes (surrogateescape, bytes_for_odd_names), else with them as \\xe9 escapes. Python's stderr would
+    write `\\udce9`; a stream that encodes strictly (pytest's capture) would raise; Jupyter's shows `\\ufffd`
+    (or, with an older jupyter_client, its output thread fails)."""
+    return str if getattr(stream, "errors", None) == "surrogateescape" else escaped
+
+
+def tell(text: str) -> None:
+    """A line on stderr, file names in it written as namer says."""
+    print(namer(sys.stderr)(text), file=sys.stderr)
 
 
 @contextlib.contextmanager
 def bytes_for_odd_names(stream):
     """While classifying, a file name that is not UTF-8 goes to `stream` as the bytes it is, not as a
     UnicodeEncodeError after the whole run; the stream's own setting comes back after. Yields how to write a
-    name (namer): where the stream cannot be reconfigured, as escapes."""
+    name (namer): as escapes where the stream cannot be reconfigured (a notebook's)."""
     errors = getattr(stream, "errors", None)
     if errors is None or not hasattr(stream, "reconfigure"):
-        yield escaped
+        yield namer(stream)
         return
     stream.reconfigure(errors="surrogateescape")
     try:
-        yield str
+        yield namer(stream)
     finally:
         stream.reconfigure(errors=errors)
 
@@ -226,7 +232,7 @@ def predict(model_path: Path, targets: list[str], output: Path | None = None,
     info = read_info(info_path) if info_path.exists() else None  # read once, for the classes and the resizing
     classes, threshold = read_classes(model_path, info_path, info, classes_path is not None, runner.n_outputs)
     image_size, interpolation = resize_settings(runner, info_path, info)
-    print(f"predict: format {runner.format} ({model_path}), batches of {batch_size}", file=sys.stderr)
+    tell(f"predict: format {runner.format} ({model_path}), batches of {batch_size}")
     with bytes_for_odd_names(sys.stdout) as name:
         rows = classified(runner, files, failures, classes, threshold, image_size, interpolation, batch_size,
                           echo=name if output is None else None)
@@ -240,10 +246,9 @@ def predict(model_path: Path, targets: list[str], output: Path | None = None,
                 writer.writerow([str(path), name, f"{prob:.6f}", *[f"{p:.6f}" for p in probs], ""])
             for path, error in failures:
                 writer.writerow([str(path), "", "", *[""] * len(classes), error])
-    name = namer(sys.stderr)  # Python's own stderr writes such bytes as escapes; Jupyter's cannot be told to
     for path, error in failures:
-        print(f"predict: {name(str(path))}: skipped: {error}", file=sys.stderr)
+        tell(f"predict: {path}: skipped: {error}")
     where = f" -> {output}" if output else ""
-    print(f"predict: {len(rows)} classified, {len(failures)} not readable{where}", file=sys.stderr)
+    tell(f"predict: {len(rows)} classified, {len(failures)} not readable{where}")
     return 0 if rows else 1
 

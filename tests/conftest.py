@@ -105,7 +105,10 @@ def pytest_report_header(config) -> str:
     say so (a worker killed by SIGBUS on a mapped file), and the disk of a shared CI machine varies."""
     import tempfile
 
-    folder = tempfile.gettempdir()
+    # Where pytest puts them: --basetemp, else PYTEST_DEBUG_TEMPROOT, else the system's temp folder.
+    folder = Path(config.option.basetemp or os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
+    while not folder.exists():  # a --basetemp not made yet: the disk it will be on
+        folder = folder.parent
     free = shutil.disk_usage(folder).free / 1e9
     note = "" if free > 2 * SUITE_PEAK_GB else " -- LOW: free some space, or point TMPDIR at a larger disk"
     return f"temp folder {folder}: {free:.1f} GB free; the suite needs about {SUITE_PEAK_GB} GB while it runs{note}"

@@ -64,6 +64,7 @@ def experiments(repo) -> dict[str, dict]:
     return found
 
 
+@pytest.mark.timeout(TIMEOUT + 600)  # its own wait for the queue, plus building first_run_template
 def test_queued_sweep_shares_the_feature_cache(first_run_template, first_run, feature_cache):
     # The baseline is the session's first run: committed with data/raw (the queue's temporary workspaces are made
     # from the commit), every image encoded into its feature cache, which becomes this test's.
