@@ -74,9 +74,11 @@ def write_predictions(target: Path, ids, labels, probs, predicted, classes: list
                              *[f"{p:.6f}" for p in row]])
 
 
-def finetuned_probabilities(paths: dict[str, Path], split: str, ids) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def finetuned_probabilities(paths: dict[str, Path], split: str, ids,
+                            engine=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The saved fine-tuned model (a top, or an ensemble's average) on the frozen blocks' output for the split's
-    images (cached by the finetune stage), and for an ensemble each part's probabilities by name ({} otherwise)."""
+    images (cached by the finetune stage), and for an ensemble each part's probabilities by name ({} otherwise).
+    `engine` as finetune's: where the frozen blocks run for the images the cache lacks (None: here)."""
     import keras
 
     from bottleneck_clf.config import ExtractConfig
@@ -98,7 +100,7 @@ def finetuned_probabilities(paths: dict[str, Path], split: str, ids) -> tuple[np
     digest_of = {e.path: e.sha256 for e in read_manifest(paths["prepared"] / MANIFEST) if e.split == split}
     top = keras.saving.load_model(paths["finetuned"] / TOP_FILE, compile=False)
     frozen = FrozenMaps(read_weights(paths["weights"]), ExtractConfig.from_mapping(recipe), recipe["blocks"],
-                        feature_cache_dir())
+                        feature_cache_dir(), engine)
     with tempfile.TemporaryDirectory(prefix="evaluate-maps-") as scratch:
         maps, _, _ = frozen.compute([str(paths["raw"] / i) for i in ids], [digest_of[str(i)] for i in ids],
                                     Path(scratch) / f"{split}.npy", desc=f"frozen blocks {split}")

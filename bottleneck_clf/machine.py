@@ -125,3 +125,14 @@ def record(folder: str | Path, stage: str, made_on: dict | None = None) -> Path:
     target = Path(folder) / f"{stage}.json"
     write_json(target, {"stage": stage, **(made_on or signature())})
     return target
+
+
+def record_with(folder: str | Path, stage: str, inputs_made_on: dict | None) -> Path:
+    """record(), for a stage whose inputs were computed elsewhere and its own floats here: frozen-block maps from
+    a Ray cluster's nodes, a model trained or run on them in this process. No single machine made these floats,
+    so the signature names both CPUs and `check-repro` never compares them strictly; this machine's alone when
+    the inputs came from it too (`inputs_made_on` None or equal)."""
+    here = signature()
+    if not inputs_made_on or inputs_made_on == here:
+        return record(folder, stage)
+    return record(folder, stage, {**here, "cpu": {"nodes": [inputs_made_on["cpu"], here["cpu"]]}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bottleneck_clf  # noqa: F401  (quiet TensorFlow before it loads)
 from bottleneck_clf.config import load_config
+from bottleneck_clf.engine import device, open_engine
 from bottleneck_clf.evaluation import (
     choose_split,
     evaluate,
@@ -18,6 +19,7 @@ from bottleneck_clf.finetune import TOP_FILE, check_current
 from bottleneck_clf.gallery import draw_gallery, worst_mistakes
 from bottleneck_clf.head import probabilities
 from bottleneck_clf.machine import record as record_machine
+from bottleneck_clf.machine import record_with
 from bottleneck_clf.params import check_threshold
 from bottleneck_clf.paths import project_paths
 
@@ -29,8 +31,8 @@ def main() -> None:
     import keras
     from dvclive import Live
 
-    settings = load_config().evaluate
-    paths = project_paths()
+    config = load_config()
+    settings, paths = config.evaluate, project_paths()
     record_machine(paths["machine"], "evaluate")  # the CPU that made these floats (check-repro)
     meta = load_meta(paths["features"])
     classes = meta["classes"]
@@ -40,7 +42,12 @@ def main() -> None:
     check_current(paths["finetuned"], paths["finetune_top"])
     parts = {}
     if (paths["finetuned"] / TOP_FILE).exists():
-        probs, parts = finetuned_probabilities(paths, split, ids)
+        # The frozen blocks run where finetune's did (ray), for the images the cache lacks (a test split).
+        with open_engine(config.ray) as engine:
+            probs, parts = finetuned_probabilities(paths, split, ids, engine)
+            if engine is not None:
+                print(f"evaluate: frozen blocks: {device(engine)}")
+                record_with(paths["machine"], "evaluate", engine.made_on())
         model_name = "ensemble" if parts else "finetuned"
     else:
         model_name = "head"

@@ -25,7 +25,7 @@ from bottleneck_clf.config import load_config
 from bottleneck_clf.dataset import MANIFEST, class_names, read_manifest
 from bottleneck_clf.errors import UserError
 from bottleneck_clf.machine import record as record_machine
-from bottleneck_clf.machine import signature as machine_signature
+from bottleneck_clf.machine import record_with
 from bottleneck_clf.paths import project_paths
 
 
@@ -61,11 +61,8 @@ def training_data(config, entries: list, classes: list[str], weights, paths: dic
         frozen = FrozenMaps(weights, config.extract, settings.blocks, feature_cache_dir(), engine)
         data = {split: split_maps(frozen, entries, split, paths["raw"], classes, scratch) for split in splits}
         print(f"finetune: frozen blocks: {device(engine)}; training: {local_device()}")
-        if engine is not None and engine.made_on() and engine.made_on() != machine_signature():
-            # Maps from other machines and training here: no single machine made these floats.
-            record_machine(paths["machine"], "finetune",
-                           {**machine_signature(), "cpu": {"nodes": [engine.made_on()["cpu"],
-                                                                    machine_signature()["cpu"]]}})
+        if engine is not None:  # maps from the cluster's nodes, training here
+            record_with(paths["machine"], "finetune", engine.made_on())
     return data, None
 
 

@@ -24,26 +24,33 @@ from bottleneck_clf.config import load_config
 from bottleneck_clf.dataset import MANIFEST, class_names, read_manifest
 from bottleneck_clf.errors import UserError
 from bottleneck_clf.machine import record as record_machine
+from bottleneck_clf.machine import record_with
 from bottleneck_clf.paths import project_paths
 
 # metrics.json's `ensemble_with` (finetune.ensemble_partner's path name) in the console's words.
 PARTNER_WORDS = {"model": "saved head", "early_stopped_head": "early-stopped head"}
 
 
-def stop_set_scores_of(model, recipe: dict, weights, paths: dict, batch_size: int) -> tuple[dict, str]:
+def stop_set_scores_of(model, recipe: dict, weights, paths: dict, config) -> tuple[dict, str]:
     """The average's and each part's accuracy and log loss on the stop set finetune stopped on, and its name; the
-    maps as the top was trained on them and the stop set it stopped on (its recipe), as evaluate rebuilds them."""
+    maps as the top was trained on them and the stop set it stopped on (its recipe), as evaluate rebuilds them,
+    from the feature cache or where finetune's frozen blocks ran (ray)."""
     from bottleneck_clf.config import ExtractConfig
+    from bottleneck_clf.engine import device, open_engine
     from bottleneck_clf.feature_cache import feature_cache_dir
     from bottleneck_clf.finetune import FrozenMaps, stop_set_maps, stop_set_scores
 
     entries = read_manifest(paths["prepared"] / MANIFEST)
-    frozen = FrozenMaps(weights, ExtractConfig.from_mapping(recipe), recipe["blocks"], feature_cache_dir())
-    with tempfile.TemporaryDirectory(prefix="finetune-ensemble-maps-") as scratch:
+    with open_engine(config.ray) as engine, tempfile.TemporaryDirectory(prefix="finetune-ensemble-maps-") as scratch:
+        frozen = FrozenMaps(weights, ExtractConfig.from_mapping(recipe), recipe["blocks"], feature_cache_dir(),
+                            engine)
         stop, name = stop_set_maps(frozen, entries, paths["raw"], class_names(entries),
                                    recipe["stop_set"]["fraction"], recipe["stop_set"]["seed"], Path(scratch))
-        scores = stop_set_scores(model, stop, batch_size)
+        scores = stop_set_scores(model, stop, config.finetune.batch_size)
         del stop
+        if engine is not None:
+            print(f"finetune_ensemble: frozen blocks: {device(engine)}")
+            record_with(paths["machine"], "finetune_ensemble", engine.made_on())
     return scores, name
 
 
@@ -121,8 +128,7 @@ def main() -> None:
     if not recipe["refit"]:  # after a refit the stop slice is training data: no figure on it is held out
         # metrics.json describes the saved model: the average's figures on finetune's stop set, beside each
         # part's by the same measure (finetune's `eval` is Keras' loss, with any smoothing or L2 in it).
-        summary["ensemble_stop_set"], stop_name = stop_set_scores_of(top, recipe, weights, paths,
-                                                                     settings.batch_size)
+        summary["ensemble_stop_set"], stop_name = stop_set_scores_of(top, recipe, weights, paths, config)
         mean = summary["ensemble_stop_set"]["ensemble"]
         said += f": {stop_name} log loss {mean['loss']:.4f}, accuracy {mean['accuracy']:.4f}"
     with atomic_dir(target) as tmp:

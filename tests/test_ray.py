@@ -27,7 +27,7 @@ from bottleneck_clf.features import ChangedImage, load_split
 from bottleneck_clf.finetune import FrozenMaps
 from bottleneck_clf.machine import signature
 from bottleneck_clf.vgg_weights import read_weights
-from stages import extract_features, prepare, weights
+from stages import evaluate, extract_features, finetune, finetune_ensemble, prepare, train_head, weights
 
 pytestmark = pytest.mark.slow
 SPLITS = ("train", "validation", "test")
@@ -194,10 +194,7 @@ def test_a_cluster_with_another_kind_of_node_has_cache_entries_of_its_own(projec
     update_params(project, {"ray": {"engine": "local"}})
     assert encoded(run_extract(capsys)) == 8
     here = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    isa = "AVX2" if here != "AVX2" else "SSE41"  # another setting than this machine's
-    other = on_cluster.add_node(num_cpus=2, object_store_memory=80 * 2**20, env_vars={"ONEDNN_MAX_CPU_ISA": isa})
-    try:
-        on_cluster.wait_for_nodes()
+    with node_of_another_kind(on_cluster) as isa:
         update_params(project, {"ray": {"engine": "ray"}})
         out = run_extract(capsys)
         assert encoded(out) == 8 and "3 node(s)" in out, out
@@ -226,9 +223,61 @@ def test_a_cluster_with_another_kind_of_node_has_cache_entries_of_its_own(projec
                 engine.node_signatures()
         finally:
             engine.close()
+
+
+def frozen_map_entries(feature_cache: Path) -> dict[str, tuple[list, int]]:
+    """{cache key: (the machines it names, images stored)} of the frozen-block maps' entries (their fingerprint
+    names the layer they stop at; the features' do not)."""
+    found = {}
+    for path in feature_cache.glob("*/fingerprint.json"):
+        fingerprint = json.loads(path.read_text())
+        if fingerprint.get("output"):
+            found[path.parent.name] = (fingerprint["made_on"], len(list(path.parent.glob("*/*.npy"))))
+    return found
+
+
+def test_a_finetuned_model_s_frozen_blocks_run_on_the_cluster_in_every_stage(project, on_cluster, feature_cache,
+                                                                              capsys):
+    """finetune_ensemble (the stop set's maps) and evaluate (the test split's, which finetune never made) run
+    the frozen blocks where finetune did. On a cluster with a node of another kind every map has the cluster's
+    key, none this machine's (the stages once made them here), and each record names both machines."""
+    make_class_folders(project / "data/raw", per_class=8)
+    update_params(project, {"finetune": {"enabled": True, "ensemble": True, "refit": False, "batch_size": 2},
+                            "ray": {"engine": "local"}})
+    for stage in (weights, prepare, extract_features, train_head):
+        stage.main()
+    test_images = json.loads((project / "data/features/meta.json").read_text())["counts"]["test"]
+    with node_of_another_kind(on_cluster):
+        update_params(project, {"ray": {"engine": "ray"}})
+        finetune.main()
+        ((key, (made_on, made)),) = frozen_map_entries(feature_cache).items()
+        assert len(made_on) == 2 and made == 16 - test_images, made_on  # train and validation, on both kinds
+        capsys.readouterr()
+        finetune_ensemble.main()
+        evaluate.main()
+        out = capsys.readouterr().out
+    assert frozen_map_entries(feature_cache) == {key: (made_on, 16)}, "maps made outside the cluster"
+    for stage in ("finetune_ensemble", "evaluate"):
+        assert f"{stage}: frozen blocks: device: Ray at {on_cluster.address}: 3 node(s)" in out, out
+        recorded = json.loads((project / f"metrics/machine/{stage}.json").read_text())
+        assert recorded["cpu"]["nodes"][1] == signature()["cpu"] and len(recorded["cpu"]["nodes"][0]["nodes"]) == 2
+    scored = json.loads((project / "metrics/eval/metrics.json").read_text())
+    assert scored["split"] == "test" and scored["model"] == "ensemble" and scored["images"] == test_images, scored
+
+
+@contextlib.contextmanager
+def node_of_another_kind(cluster):
+    """A third node whose raylet, and so its workers, run oneDNN held to another instruction set than this
+    machine's (the ISA it yields): another kind of machine in the feature cache's key."""
+    here = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    isa = "AVX2" if here != "AVX2" else "SSE41"
+    other = cluster.add_node(num_cpus=2, object_store_memory=80 * 2**20, env_vars={"ONEDNN_MAX_CPU_ISA": isa})
+    try:
+        cluster.wait_for_nodes()
+        yield isa
     finally:
-        ray.shutdown()
-        on_cluster.remove_node(other)
+        ray.shutdown()  # a driver still connected to a node would stop the cluster from removing it
+        cluster.remove_node(other)
 
 
 def free_port() -> int:

@@ -33,6 +33,8 @@ MORE = {"finetune": {"enabled": True, "ensemble": True, "refit": False}, "head":
 CONDITIONAL = {
     "extract_features": ["ray.actors", "ray.gpus_per_actor"],  # only on a Ray cluster
     "finetune": ["ray.actors", "ray.gpus_per_actor"],
+    "finetune_ensemble": ["ray.actors", "ray.gpus_per_actor"],
+    "evaluate": ["ray.actors", "ray.gpus_per_actor"],
     "export": ["export.calibration_images"],  # only for the LiteRT int8 format
 }
 
