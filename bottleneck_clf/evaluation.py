@@ -77,8 +77,8 @@ def write_predictions(target: Path, ids, labels, probs, predicted, classes: list
 def finetuned_probabilities(paths: dict[str, Path], split: str, ids,
                             engine=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The saved fine-tuned model (a top, or an ensemble's average) on the frozen blocks' output for the split's
-    images (cached by the finetune stage), and for an ensemble each part's probabilities by name ({} otherwise).
-    `engine` as finetune's: where the frozen blocks run for the images the cache lacks (None: here)."""
+    images, and for an ensemble each part's probabilities by name ({} otherwise). The maps come from the feature
+    cache, or are computed where `engine` runs (None: in this process), as finetune's."""
     import keras
 
     from bottleneck_clf.config import ExtractConfig

@@ -357,8 +357,8 @@ def stop_set_maps(frozen: FrozenMaps, entries: list, raw: Path, classes: list[st
                   scratch: Path) -> tuple[tuple, str]:
     """((maps, labels, None), its name) of the stop set finetune stopped on: the validation split when prepare made
     a test split, else the slice of training that head.stopping_sets picks (the same fraction and seed), and
-    only those images through the frozen blocks (from the cache after finetune.augment: maps; with pixels they
-    run here)."""
+    only those images through the frozen blocks (from the cache after finetune.augment: maps; with pixels, where
+    `frozen`'s engine runs)."""
     from bottleneck_clf.head import stopping_sets
 
     has_test = any(e.split == "test" for e in entries)

@@ -93,15 +93,27 @@ def _isa(flags: list[str]) -> str:
     return "avx2 only" if "avx2" in flags else "no avx2"
 
 
+def cpus_of(cpu: dict) -> list[dict]:
+    """The CPUs a signature's `cpu` section names: itself, or each of its `nodes` (a record of several machines:
+    a Ray cluster's kinds, engine.RayEngine.made_on; maps from those and a model run here, record_with)."""
+    if "nodes" not in cpu:
+        return [cpu]
+    return [one for node in cpu["nodes"] for one in cpus_of(node)]
+
+
+def _describe_cpu(cpu: dict) -> str:
+    return (f"{cpu.get('model_name')} ({cpu.get('vendor')} family {cpu.get('family')} model {cpu.get('model')}), "
+            f"{_isa(cpu.get('flags') or [])}, {cpu.get('cores')} cores")
+
+
 def describe(sig: dict) -> str:
-    """One line for people: 'AMD EPYC (AuthenticAMD family 25 model 17), avx2 avx512f ..., 2 cores, tf 2.21.0'."""
-    cpu = sig.get("cpu", {})
-    isa = _isa(cpu.get("flags") or [])
+    """One line for people: 'AMD EPYC (AuthenticAMD family 25 model 17), avx2 avx512f ..., 2 cores, tf 2.21.0';
+    each CPU of a record of several machines, then 'and'."""
     switches = ", ".join(f"{k}={v}" for k, v in sorted(sig.get("env", {}).items()) if v is not None)
     versions = ", ".join(f"{k} {v}" for k, v in sig.get("versions", {}).items())
     gpu = (sig.get("device") or {}).get("gpu")
-    text = (f"{cpu.get('model_name')} ({cpu.get('vendor')} family {cpu.get('family')} model {cpu.get('model')}), "
-            f"{isa}, {cpu.get('cores')} cores{', ' + gpu if gpu else ''}, {versions}")
+    cpus = " and ".join(_describe_cpu(cpu) for cpu in cpus_of(sig.get("cpu", {})))
+    text = f"{cpus}{', ' + gpu if gpu else ''}, {versions}"
     return f"{text}, {switches}" if switches else text
 
 
@@ -135,4 +147,5 @@ def record_with(folder: str | Path, stage: str, inputs_made_on: dict | None) -> 
     here = signature()
     if not inputs_made_on or inputs_made_on == here:
         return record(folder, stage)
-    return record(folder, stage, {**here, "cpu": {"nodes": [inputs_made_on["cpu"], here["cpu"]]}})
+    # One flat list, the inputs' machines first: a record of several kinds (RayEngine.made_on) is one already.
+    return record(folder, stage, {**here, "cpu": {"nodes": [*cpus_of(inputs_made_on["cpu"]), here["cpu"]]}})

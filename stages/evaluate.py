@@ -42,7 +42,7 @@ def main() -> None:
     check_current(paths["finetuned"], paths["finetune_top"])
     parts = {}
     if (paths["finetuned"] / TOP_FILE).exists():
-        # The frozen blocks run where finetune's did (ray), for the images the cache lacks (a test split).
+        # The frozen blocks run where `ray` says, as finetune's, for the images the cache lacks (a test split).
         with open_engine(config.ray) as engine:
             probs, parts = finetuned_probabilities(paths, split, ids, engine)
             if engine is not None:

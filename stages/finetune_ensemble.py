@@ -34,7 +34,7 @@ PARTNER_WORDS = {"model": "saved head", "early_stopped_head": "early-stopped hea
 def stop_set_scores_of(model, recipe: dict, weights, paths: dict, config) -> tuple[dict, str]:
     """The average's and each part's accuracy and log loss on the stop set finetune stopped on, and its name; the
     maps as the top was trained on them and the stop set it stopped on (its recipe), as evaluate rebuilds them,
-    from the feature cache or where finetune's frozen blocks ran (ray)."""
+    from the feature cache or computed where `ray` says (after finetune.augment: pixels, nothing is cached)."""
     from bottleneck_clf.config import ExtractConfig
     from bottleneck_clf.engine import device, open_engine
     from bottleneck_clf.feature_cache import feature_cache_dir

@@ -103,3 +103,29 @@ def test_choose_mode(requested, records, strict, says):
     if not strict and requested == "auto" and records:
         assert "avx2 only" in line or "unrecorded" in line
         assert "tolerances: continuous 0.0001, share 0.02, difference 0.0001, size 0.001, count 0" in line
+
+
+CLUSTER = {**ZEN3, "cpu": {"nodes": [ZEN3["cpu"], ZEN4["cpu"]]}}  # RayEngine.made_on of a cluster of two kinds
+
+
+@pytest.mark.parametrize(
+    ("inputs", "cpus"),
+    [
+        (None, None),  # the maps were made here: this machine's record
+        (ZEN4, None),
+        (ZEN3, [ZEN3["cpu"], ZEN4["cpu"]]),  # maps from a Zen 3 node, the model run on this Zen 4
+        (CLUSTER, [ZEN3["cpu"], ZEN4["cpu"], ZEN4["cpu"]]),  # one flat list, whatever the inputs' record held
+    ],
+)
+def test_record_with_names_the_inputs_machines_and_this_one(tmp_path, monkeypatch, inputs, cpus):
+    """finetune, finetune_ensemble and evaluate, given maps from a Ray cluster: no single machine made their
+    floats, so check-repro compares metrics, and says which machines."""
+    monkeypatch.setattr(machine, "signature", lambda: ZEN4)
+    data = json.loads(machine.record_with(tmp_path, "evaluate", inputs).read_text())
+    assert data == {"stage": "evaluate", **(ZEN4 if cpus is None else {**ZEN4, "cpu": {"nodes": cpus}})}
+    strict, line = repro_check.choose_mode("auto", {"evaluate": data}, ZEN4)
+    assert strict is (cpus is None)
+    if cpus is not None:
+        assert machine.cpus_of(data["cpu"]) == cpus
+        assert "stage 'evaluate' was made on AMD EPYC (AuthenticAMD family 25 model 1), avx2 only, 2 cores and " \
+               "AMD EPYC (AuthenticAMD family 25 model 17), avx2 fma avx512f" in line, line
