@@ -49,7 +49,7 @@ def scored(predictions: list[dict], leave_out: set[str] = frozenset()) -> tuple[
 
 
 def describe(right: int, total: int) -> str:
-    from bottleneck_clf.evaluation import wilson_interval
+    from bottleneck_clf.scoring import wilson_interval
 
     low, high = wilson_interval(right, total)
     return f"{right / total:.4f} ({right}/{total}; 95 % {low:.4f}-{high:.4f})"

@@ -105,6 +105,7 @@ class EvaluateConfig(Section):
 class ExportConfig(Section):
     formats: list
     calibration_images: int
+    check_images: int
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 
 from bottleneck_clf.atomic import atomic_path
 from bottleneck_clf.errors import UserError
-from bottleneck_clf.scoring import accuracy_and_loss, predict_labels
+from bottleneck_clf.scoring import accuracy_and_loss, predict_labels, wilson_interval
 
 
 def choose_split(requested: str, available: list[str]) -> str:
@@ -23,18 +23,6 @@ def choose_split(requested: str, available: list[str]) -> str:
             "set evaluate.split to auto or one of those"
         )
     return requested
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion: stays inside [0, 1] and is honest near 100 %."""
-    if trials == 0:
-        return 0.0, 1.0
-    p = successes / trials
-    denominator = 1 + z * z / trials
-    center = (p + z * z / (2 * trials)) / denominator
-    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    # The interval holds p exactly; round-off alone put 4 right of 4 at 0.9999999999999999.
-    return float(max(0.0, min(p, center - half))), float(min(1.0, max(p, center + half)))
 
 
 def evaluate(probs: np.ndarray, labels: np.ndarray, classes: list[str], threshold: float) -> dict:

@@ -210,6 +210,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
     "export": {
         "formats": ChoiceList(EXPORT_FORMATS, required=("keras",)),
         "calibration_images": Int(1, 100000),
+        "check_images": Int(0, 10**9),
     },
     "ray": {
         "engine": Choice(ENGINES),

@@ -1,5 +1,6 @@
-"""The decision rule and the one measure (accuracy and log loss) every score the project reports is taken by:
-a module of its own, so that training stages can score without importing evaluation's plots and files."""
+"""The decision rule, the one measure (accuracy and log loss) every score the project reports is taken by, and
+the interval beside each accuracy: a module of its own, so that training stages and export can score without
+importing evaluation's plots and files."""
 
 from __future__ import annotations
 
@@ -22,3 +23,15 @@ def accuracy_and_loss(probs: np.ndarray, labels: np.ndarray, threshold: float) -
         # float32 softmax sums drift from 1 by ~1e-7; sklearn wants exact probabilities.
         "loss": float(log_loss(labels, probs / probs.sum(axis=1, keepdims=True), labels=list(range(probs.shape[1])))),
     }
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion: stays inside [0, 1] and is honest near 100 %."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1 + z * z / trials
+    center = (p + z * z / (2 * trials)) / denominator
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    # The interval holds p exactly; round-off alone put 4 right of 4 at 0.9999999999999999.
+    return float(max(0.0, min(p, center - half))), float(min(1.0, max(p, center + half)))

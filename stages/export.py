@@ -6,8 +6,9 @@ else the head; either way the frozen VGG16 blocks, resizing and preprocessing go
 class names and `evaluate.threshold`, which `bottleneck predict` applies.
 
 `export.formats` adds a SavedModel, LiteRT float32 and int8 files and an ONNX file beside them
-(bottleneck_clf/runtimes.py); each is loaded back in its own runtime and run on evaluate's images, and its
-agreement with evaluate's predictions goes to metrics/export/metrics.json.
+(bottleneck_clf/runtimes.py); each is loaded back in its own runtime and run on evaluate's images (a seeded
+sample of export.check_images when the split holds more), and its agreement with evaluate's predictions goes
+to metrics/export/metrics.json.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bottleneck_clf.runtimes import (
     FILES,
     calibration_sample,
     check_formats,
+    check_sample,
     read_reference,
     require_extra,
     write_litert,
@@ -57,7 +59,8 @@ def main() -> None:
     check_current(paths["finetuned"], paths["finetune_top"])
     top, blocks, source, extract = load_top(paths["finetuned"], paths["model"], meta)
     model = build_classifier(weights, top, blocks, len(classes), extract)
-    reference = read_reference(paths["eval_metrics"] / PREDICTIONS, classes)
+    evaluated = read_reference(paths["eval_metrics"] / PREDICTIONS, classes)
+    reference = check_sample(evaluated, config.export.check_images, config.base.seed)
     with atomic_dir(paths["classifier"]) as tmp:
         save_model(model, tmp / CLASSIFIER_FILE)
         write_json(tmp / CLASSES_FILE, classes_record(classes, threshold, extract, source))
@@ -75,9 +78,13 @@ def main() -> None:
         # Checked before the folder replaces the old one: a format that disagrees leaves no output.
         images = [paths["raw"] / path for path in reference[0]]
         results = check_formats(tmp, formats, images, reference, threshold, extract.image_size, extract.interpolation)
-    write_json(paths["export_metrics"] / METRICS, {"images": len(images), "formats": results})
+    write_json(paths["export_metrics"] / METRICS, {"images": len(images), "split_images": len(evaluated[0]),
+                                                   "formats": results})
     print(f"export: {source} model, {len(classes)} classes, {extract.precision} conv blocks, "
           f"threshold {threshold}, {model.count_params():,} parameters -> {paths['classifier'] / CLASSIFIER_FILE}")
+    if len(images) < len(evaluated[0]):
+        print(f"export: each format checked on {len(images)} of evaluate's {len(evaluated[0])} images, a seeded "
+              "sample (export.check_images)")
     for fmt, r in results.items():
         print(f"export: {fmt}: accuracy {r['accuracy']:.4f}, labels equal to evaluate's {r['label_agreement']:.4f}, "
               f"largest probability difference {r['max_abs_prob_diff']:.2g}, {r['file_bytes'] / 1e6:.1f} MB")

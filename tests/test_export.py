@@ -135,3 +135,36 @@ def test_three_classes_reject_a_threshold_other_than_half(project):
         with pytest.raises(ValueError, match=r"evaluate.threshold is 0.7 but the data has 3 classes.*"
                                              r"set evaluate.threshold to 0.5 in params.yaml"):
             stage.main()
+
+
+def test_a_split_larger_than_check_images_is_checked_on_a_seeded_sample(project, capsys):
+    """export.check_images below the evaluated split's size: each format runs on that many of evaluate's images
+    (every checked image is a whole VGG16 pass per format), and metrics.json says how many of how many."""
+    make_class_folders(project / "data/raw", per_class=10)
+    update_params(project, {"export": {"check_images": 3}})
+    for stage in (weights, prepare, extract_stage, train_head, finetune, finetune_ensemble, evaluate, export):
+        stage.main()
+    metrics = json.loads((project / "metrics/export/metrics.json").read_text())
+    evaluated = json.loads((project / "metrics/eval/metrics.json").read_text())
+    assert metrics["images"] == 3 and metrics["split_images"] == evaluated["images"] > 3, metrics
+    checked = metrics["formats"]["keras"]
+    assert checked["label_agreement"] == 1.0 and checked["max_abs_prob_diff"] < AGREEMENT
+    assert checked["accuracy_ci95"]["low"] <= checked["accuracy"] <= checked["accuracy_ci95"]["high"]
+    assert f"each format checked on 3 of evaluate's {evaluated['images']} images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("count", [0, 3, 9, 10, 11])
+def test_check_sample_keeps_aligned_rows_in_order(count):
+    from bottleneck_clf.runtimes import check_sample
+
+    reference = ([f"{i}.png" for i in range(10)], np.arange(10) % 2, np.arange(10), np.arange(20.0).reshape(10, 2))
+    got = check_sample(reference, count, seed=42)
+    if count in (0, 10, 11):  # 0: all; as many or more than the split: all of it, untouched
+        assert got is reference
+        return
+    rows = [int(name.split(".")[0]) for name in got[0]]
+    assert len(rows) == len(set(rows)) == count and rows == sorted(rows)  # distinct, in predictions.csv's order
+    assert got[1].tolist() == [i % 2 for i in rows] and got[2].tolist() == rows
+    assert got[3].tolist() == [[2.0 * i, 2.0 * i + 1] for i in rows]
+    assert check_sample(reference, count, seed=42)[0] == got[0]  # seeded
+    assert any(check_sample(reference, count, seed=seed)[0] != got[0] for seed in range(5))

@@ -86,7 +86,7 @@ def test_every_format_is_written_and_agrees_with_evaluate(shipped):
     folder = shipped / "data/models/classifier"
     metrics = json.loads((shipped / "metrics/export/metrics.json").read_text())
     evaluated = json.loads((shipped / "metrics/eval/metrics.json").read_text())
-    assert metrics["images"] == evaluated["images"] == len(predictions(shipped)) > 0
+    assert metrics["images"] == metrics["split_images"] == evaluated["images"] == len(predictions(shipped)) > 0
     assert list(metrics["formats"]) == ALL_FORMATS
     head = keras.saving.load_model(shipped / "data/models/head.keras", compile=False)
     assert head.name == "head_ensemble", "the shipped head should be an average (head.ensemble: 2)"
@@ -98,6 +98,7 @@ def test_every_format_is_written_and_agrees_with_evaluate(shipped):
             continue  # reported, not bound: what quantization costs is the figure to read
         assert result["max_abs_prob_diff"] <= FLOAT_AGREEMENT, fmt
         assert result["label_agreement"] == 1.0 and result["accuracy"] == evaluated["accuracy"], fmt
+        assert result["accuracy_ci95"] == evaluated["accuracy_ci95"], fmt  # the same images, the same interval
     int8 = metrics["formats"]["litert_int8"]
     assert 0.0 <= int8["accuracy"] <= 1.0 and 0.0 <= int8["label_agreement"] <= 1.0
     # The int8 file is about a quarter of the float32 one: its weights really are 8-bit.

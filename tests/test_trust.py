@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import make_class_folders, make_presplit_folders, update_params
 
-from bottleneck_clf.evaluation import wilson_interval
 from bottleneck_clf.features import load_meta, load_split
 from bottleneck_clf.head import FeatureBatches, stopping_rows
+from bottleneck_clf.scoring import wilson_interval
 from stages import evaluate, prepare, train_head, weights
 from stages import extract_features as extract_stage
 
