@@ -322,7 +322,7 @@ def parts_table(named: list) -> list[str]:
 def without_table(baseline: dict, named: list, listed: dict[str, str], source: str) -> list[str]:
     """Each scored row's accuracy and 95 % interval on the images `listed` leaves, and how many of the listed
     images it scored it got wrong (a row scored on other images, as a seed that moves the split, counts its own)."""
-    from bottleneck_clf.evaluation import wilson_interval
+    from bottleneck_clf.scoring import wilson_interval
 
     present = set(listed) & set(baseline["right"])
     absent = len(listed) - len(present)

@@ -86,8 +86,10 @@ def main() -> None:
         print(f"export: each format checked on {len(images)} of evaluate's {len(evaluated[0])} images, a seeded "
               "sample (export.check_images)")
     for fmt, r in results.items():
-        print(f"export: {fmt}: accuracy {r['accuracy']:.4f}, labels equal to evaluate's {r['label_agreement']:.4f}, "
-              f"largest probability difference {r['max_abs_prob_diff']:.2g}, {r['file_bytes'] / 1e6:.1f} MB")
+        low, high = r["accuracy_ci95"]["low"], r["accuracy_ci95"]["high"]
+        print(f"export: {fmt}: accuracy {r['accuracy']:.4f} (95 % Wilson interval {low:.4f}-{high:.4f}), labels "
+              f"equal to evaluate's {r['label_agreement']:.4f}, largest probability difference "
+              f"{r['max_abs_prob_diff']:.2g}, {r['file_bytes'] / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":

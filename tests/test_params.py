@@ -44,6 +44,7 @@ def test_project_params_are_valid():
         ("finetune", "blocks", 5, "finetune.blocks: must be an integer in [1, 4], got 5"),
         ("finetune", "rotation", 0.7, "finetune.rotation: must be a number in [0.0, 0.5]"),
         ("evaluate", "gallery_size", -1, "evaluate.gallery_size: must be an integer in [0, 1000], got -1"),
+        ("export", "check_images", -1, "export.check_images: must be an integer in [0, 1000000000], got -1"),
     ],
 )
 def test_bad_values_name_key_and_valid_range(section, key, value, expected):
