@@ -10,7 +10,7 @@ import numpy as np
 
 from bottleneck_clf.atomic import atomic_path
 from bottleneck_clf.errors import UserError
-from bottleneck_clf.scoring import accuracy_and_loss, predict_labels, wilson_interval
+from bottleneck_clf.scoring import accuracy_and_loss, accuracy_ci95, predict_labels
 
 
 def choose_split(requested: str, available: list[str]) -> str:
@@ -39,8 +39,7 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, classes: list[str], threshol
         "split": None,
         "images": int(len(labels)),
         "accuracy": scores["accuracy"],
-        "accuracy_ci95": dict(zip(("low", "high"), wilson_interval(int(np.sum(predicted == labels)), len(labels)),
-                                  strict=True)),
+        "accuracy_ci95": accuracy_ci95(predicted == labels),
         "loss": scores["loss"],
         "macro_f1": float(np.mean(f1)),
     }

@@ -366,7 +366,7 @@ def check_formats(folder: Path, formats: list[str], image_paths: list[Path], ref
     from tqdm import tqdm
 
     from bottleneck_clf.images import load_array
-    from bottleneck_clf.scoring import predict_labels, wilson_interval
+    from bottleneck_clf.scoring import accuracy_ci95, predict_labels
 
     _, actual, predicted, expected = reference
     runners = {fmt: load_runner(folder / FILES[fmt]) for fmt in formats}
@@ -384,8 +384,7 @@ def check_formats(folder: Path, formats: list[str], image_paths: list[Path], ref
             "max_abs_prob_diff": float(np.abs(probs - expected).max()) if len(probs) else 0.0,
             "label_agreement": float(np.mean(labels == predicted)) if len(probs) else 1.0,
             "accuracy": float(np.mean(labels == actual)) if len(probs) else 0.0,
-            "accuracy_ci95": dict(zip(("low", "high"), wilson_interval(int(np.sum(labels == actual)), len(probs)),
-                                      strict=True)),
+            "accuracy_ci95": accuracy_ci95(labels == actual),
             "file_bytes": file_bytes(folder / FILES[fmt]),
         }
     bad = {fmt: r["max_abs_prob_diff"] for fmt, r in results.items()

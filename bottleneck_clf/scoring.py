@@ -35,3 +35,9 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
     # The interval holds p exactly; round-off alone put 4 right of 4 at 0.9999999999999999.
     return float(max(0.0, min(p, center - half))), float(min(1.0, max(p, center + half)))
+
+
+def accuracy_ci95(right: np.ndarray) -> dict:
+    """The accuracy's 95 % Wilson interval from which predictions were right, as metrics.json files hold it."""
+    low, high = wilson_interval(int(np.sum(right)), len(right))
+    return {"low": low, "high": high}

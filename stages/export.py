@@ -60,6 +60,7 @@ def main() -> None:
     top, blocks, source, extract = load_top(paths["finetuned"], paths["model"], meta)
     model = build_classifier(weights, top, blocks, len(classes), extract)
     evaluated = read_reference(paths["eval_metrics"] / PREDICTIONS, classes)
+    split_images = len(evaluated[0])
     reference = check_sample(evaluated, config.export.check_images, config.base.seed)
     with atomic_dir(paths["classifier"]) as tmp:
         save_model(model, tmp / CLASSIFIER_FILE)
@@ -78,12 +79,12 @@ def main() -> None:
         # Checked before the folder replaces the old one: a format that disagrees leaves no output.
         images = [paths["raw"] / path for path in reference[0]]
         results = check_formats(tmp, formats, images, reference, threshold, extract.image_size, extract.interpolation)
-    write_json(paths["export_metrics"] / METRICS, {"images": len(images), "split_images": len(evaluated[0]),
+    write_json(paths["export_metrics"] / METRICS, {"images": len(images), "split_images": split_images,
                                                    "formats": results})
     print(f"export: {source} model, {len(classes)} classes, {extract.precision} conv blocks, "
           f"threshold {threshold}, {model.count_params():,} parameters -> {paths['classifier'] / CLASSIFIER_FILE}")
-    if len(images) < len(evaluated[0]):
-        print(f"export: each format checked on {len(images)} of evaluate's {len(evaluated[0])} images, a seeded "
+    if len(images) < split_images:
+        print(f"export: each format checked on {len(images)} of evaluate's {split_images} images, a seeded "
               "sample (export.check_images)")
     for fmt, r in results.items():
         low, high = r["accuracy_ci95"]["low"], r["accuracy_ci95"]["high"]
